@@ -1,0 +1,384 @@
+//! The metadata record of one call (the JSON sidecar next to the WAV), its schema version, time
+//! formatting, and atomic writing (temp file + fsync + rename + directory fsync), so a sidecar on
+//! disk is always either the old or the new version, never a torn one. Documented in
+//! `docs/metadata.md`; absent facts are `null`, never made up.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Version of the sidecar layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where the recording stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// Being recorded now (or the daemon died while it was).
+    Recording,
+    /// Finalised normally.
+    Complete,
+    /// Finalised at start-up after a crash.
+    Recovered,
+    /// Nothing was recorded; `not_recorded_reason` says why.
+    NotRecorded,
+    /// Erased on request.
+    Erased,
+}
+
+/// The policy decision for the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Policy says record it.
+    Recorded,
+    /// Sampling left it out.
+    SampledOut,
+    /// The service does not record.
+    PolicyNone,
+    /// It was to be recorded but could not be.
+    Failed,
+}
+
+/// Which way the call went, from the PBX's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From a phone or trunk to the PBX.
+    Inbound,
+    /// From the PBX out to a phone or trunk.
+    Outbound,
+    /// Between two extensions.
+    Internal,
+}
+
+/// Why the recording (and for calls that never started, the call) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The caller hung up (BYE).
+    ByeCaller,
+    /// The callee hung up (BYE).
+    ByeCallee,
+    /// The caller cancelled before answer.
+    Cancel,
+    /// The call was refused (final error response).
+    Rejected,
+    /// Onward transfer stopped the recording.
+    Transferred,
+    /// No media in either direction for the media timeout.
+    MediaTimeout,
+    /// The daemon was stopped.
+    Shutdown,
+    /// Recording failed.
+    Failure,
+}
+
+impl EndReason {
+    /// Who or what ended it, for the `ended_by` field.
+    pub fn ended_by(self) -> &'static str {
+        match self {
+            EndReason::ByeCaller | EndReason::Cancel => "caller",
+            EndReason::ByeCallee | EndReason::Rejected => "callee",
+            EndReason::Transferred => "transfer",
+            EndReason::MediaTimeout => "media_timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Failure => "failure",
+        }
+    }
+}
+
+/// Service and policy decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// Matched service name (no services are configured in this version: `null`).
+    pub name: Option<String>,
+    /// Tenant of the service.
+    pub tenant: Option<String>,
+    /// What policy decided.
+    pub decision: Decision,
+    /// Why, when the decision is not `recorded`.
+    pub reason: Option<String>,
+}
+
+/// Timestamps, RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Times {
+    /// Initial INVITE seen.
+    pub invite: Option<String>,
+    /// 2xx to the INVITE seen.
+    pub answer: Option<String>,
+    /// First sample of the WAV.
+    pub recording_start: Option<String>,
+    /// Last sample of the WAV.
+    pub recording_end: Option<String>,
+    /// End of the call.
+    pub end: Option<String>,
+}
+
+/// Media facts of one party.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegInfo {
+    /// Codec the party sent (first one seen in the recording), e.g. "PCMU".
+    pub codec: Option<String>,
+    /// RTP packets of this party that reached the recorder.
+    pub packets: u64,
+    /// Packets missing by sequence number.
+    pub lost: u64,
+    /// Packets that arrived too late to be placed.
+    pub late: u64,
+    /// Audio missing from the recording because copies were dropped before the recorder
+    /// (recorder overloaded), in milliseconds, assuming 20 ms packets.
+    pub gap_ms: u64,
+}
+
+/// Both parties' media facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Legs {
+    /// The caller (left channel).
+    pub caller: LegInfo,
+    /// The callee (right channel).
+    pub callee: LegInfo,
+}
+
+/// A mid-call event with its offset into the recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallEventRecord {
+    /// Milliseconds from the recording start.
+    pub at_ms: u64,
+    /// Event type: hold, resume, dtmf, transfer, codec_change, gap, pause.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// The WAV file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WavInfo {
+    /// Path of the WAV file.
+    pub path: String,
+    /// File size in bytes (set when finalised).
+    pub bytes: Option<u64>,
+    /// Samples per second.
+    pub sample_rate: u32,
+    /// Always 2: left caller, right callee.
+    pub channels: u16,
+    /// Length of the audio in milliseconds (set when finalised).
+    pub duration_ms: Option<u64>,
+    /// SHA-256 of the whole file, lowercase hex (set when finalised).
+    pub sha256: Option<String>,
+}
+
+/// The sidecar of one call. Field order is the JSON key order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Layout version, `SCHEMA_VERSION`.
+    pub schema_version: u32,
+    /// ULID of the recording; also the file name.
+    pub recording_id: String,
+    /// SIP Call-ID of the call.
+    pub sip_call_id: String,
+    /// Where the recording stands.
+    pub state: RecordState,
+    /// Why nothing was recorded (`null` when recorded).
+    pub not_recorded_reason: Option<String>,
+    /// Service and decision.
+    pub service: ServiceInfo,
+    /// Direction of the call.
+    pub direction: Option<Direction>,
+    /// Call type (direct, returned_from_extension, ...): not determined in this version.
+    pub call_type: Option<String>,
+    /// Caller number as recorded (P-Asserted-Identity user, else From user).
+    pub caller_number: Option<String>,
+    /// Caller number exactly as signalled.
+    pub caller_number_raw: Option<String>,
+    /// allowed | restricted: not determined in this version.
+    pub caller_presentation: Option<String>,
+    /// Called number (Request-URI user part).
+    pub called_number: Option<String>,
+    /// Service number called: not determined in this version.
+    pub service_number: Option<String>,
+    /// Answering agent: not determined in this version.
+    pub agent: Option<serde_json::Value>,
+    /// Timestamps.
+    pub times: Times,
+    /// Call duration from answer to end in milliseconds (`null` if never answered).
+    pub duration_ms: Option<u64>,
+    /// invite | answer: what started the recording.
+    pub start_reason: Option<String>,
+    /// Why the recording (or the unanswered call) ended.
+    pub end_reason: Option<EndReason>,
+    /// Who or what ended it: caller, callee, transfer, media_timeout, shutdown, failure.
+    pub ended_by: Option<String>,
+    /// Per-party media facts.
+    pub legs: Legs,
+    /// Mid-call events.
+    pub events: Vec<CallEventRecord>,
+    /// The WAV, if one was written.
+    pub wav: Option<WavInfo>,
+}
+
+impl CallRecord {
+    /// A fresh record for a call seen now.
+    pub fn new(recording_id: String, sip_call_id: String) -> CallRecord {
+        CallRecord {
+            schema_version: SCHEMA_VERSION,
+            recording_id,
+            sip_call_id,
+            state: RecordState::Recording,
+            not_recorded_reason: None,
+            service: ServiceInfo {
+                name: None,
+                tenant: None,
+                decision: Decision::Recorded,
+                reason: None,
+            },
+            direction: None,
+            call_type: None,
+            caller_number: None,
+            caller_number_raw: None,
+            caller_presentation: None,
+            called_number: None,
+            service_number: None,
+            agent: None,
+            times: Times::default(),
+            duration_ms: None,
+            start_reason: None,
+            end_reason: None,
+            ended_by: None,
+            legs: Legs::default(),
+            events: Vec::new(),
+            wav: None,
+        }
+    }
+
+    /// Sets the end reason and the matching `ended_by`.
+    pub fn set_end(&mut self, reason: EndReason) {
+        self.end_reason = Some(reason);
+        self.ended_by = Some(reason.ended_by().to_string());
+    }
+}
+
+/// Formats a wall-clock time as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T14:05:09.123Z`.
+pub fn format_time(t: SystemTime) -> String {
+    let dt = OffsetDateTime::from(t);
+    let ms = dt.millisecond();
+    let trimmed = dt.replace_nanosecond(0).unwrap_or(dt);
+    let base = trimmed.format(&Rfc3339).unwrap_or_default();
+    // "...:09Z" -> "...:09.123Z"
+    match base.strip_suffix('Z') {
+        Some(head) => format!("{head}.{ms:03}Z"),
+        None => base,
+    }
+}
+
+/// `<dir>/YYYY/MM/DD` for a recording started at `t` (UTC).
+pub fn day_dir(dir: &Path, t: SystemTime) -> PathBuf {
+    let dt = OffsetDateTime::from(t);
+    dir.join(format!("{:04}", dt.year()))
+        .join(format!("{:02}", u8::from(dt.month())))
+        .join(format!("{:02}", dt.day()))
+}
+
+/// Error writing or reading a sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// File system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// File concerned.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not a sidecar of this schema.
+    #[error("{path}: not a recproxy sidecar: {source}")]
+    Json {
+        /// File concerned.
+        path: PathBuf,
+        /// Cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Writes `record` to `path` atomically: a temp file beside it, fsync, rename over, fsync the
+/// directory (so the rename itself survives power loss).
+pub fn write_sidecar(path: &Path, record: &CallRecord) -> Result<(), SidecarError> {
+    let io = |source| SidecarError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let json = serde_json::to_vec_pretty(record).map_err(|source| SidecarError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io)?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&json).map_err(io)?;
+        f.write_all(b"\n").map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    fs::rename(&tmp, path).map_err(io)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads a sidecar.
+pub fn read_sidecar(path: &Path) -> Result<CallRecord, SidecarError> {
+    let bytes = fs::read(path).map_err(|source| SidecarError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| SidecarError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(format_time(t), "2026-11-18T11:06:40.123Z");
+        let whole = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(format_time(whole), "2026-11-18T11:06:40.000Z");
+    }
+
+    #[test]
+    fn day_dir_is_utc_date() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(day_dir(Path::new("/r"), t), PathBuf::from("/r/2026/11/18"));
+    }
+
+    #[test]
+    fn sidecar_round_trips_and_absent_facts_are_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/x.json");
+        let mut rec = CallRecord::new("01ABC".into(), "call-1@h".into());
+        rec.set_end(EndReason::Shutdown);
+        write_sidecar(&path, &rec).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["end_reason"], "shutdown");
+        assert_eq!(v["ended_by"], "shutdown");
+        assert!(v["caller_number"].is_null());
+        assert!(v["agent"].is_null());
+        assert_eq!(v["state"], "recording");
+        assert_eq!(read_sidecar(&path).unwrap(), rec);
+        assert!(!path.with_extension("json.tmp").exists());
+    }
+}

@@ -1,0 +1,518 @@
+//! The call registry: the single owner of call state. It anchors media when the proxy core hands
+//! it an SDP body (allocating relay ports, rewriting the SDP), turns call events into the call's
+//! metadata record, starts and stops recordings at answer and hang-up, and frees every resource
+//! on every end path. It never parses SIP; file IO goes to the recorder thread.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::call::metadata::{
+    day_dir, format_time, CallRecord, Decision, Direction, EndReason, RecordState, WavInfo,
+};
+use crate::codec::Codec;
+use crate::media::ports::{PortError, PortPool};
+use crate::media::relay::{self, RelayControl, RelayEvent, RelayHandle};
+use crate::media::tap::{Tap, TapDrops};
+use crate::record::recorder::{CodecMap, Command, Recorder, StartRecording};
+use crate::sdp::{MediaView, Sdp};
+use crate::sip::proxy::{CallEvent, CallEventKind, InviteInfo, MediaAnchor, Party};
+
+/// What the registry needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Address written into rewritten SDP.
+    pub media_advertise: IpAddr,
+    /// No media for this long after answer ends the call's media.
+    pub media_timeout: Duration,
+    /// Root of the recordings tree.
+    pub recording_dir: PathBuf,
+    /// WAV sample rate.
+    pub sample_rate: u32,
+}
+
+/// Converts the monotonic `Instant`s of events into wall-clock times for the record.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    instant: Instant,
+    system: SystemTime,
+}
+
+impl WallClock {
+    /// Pairs the two clocks now.
+    pub fn now() -> WallClock {
+        WallClock {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        }
+    }
+
+    /// Wall-clock time of `at`.
+    pub fn at(&self, at: Instant) -> SystemTime {
+        if at >= self.instant {
+            self.system + (at - self.instant)
+        } else {
+            self.system - (self.instant - at)
+        }
+    }
+}
+
+struct Stream {
+    relay: RelayHandle,
+}
+
+struct Recording {
+    slot: u64,
+    drops: Arc<TapDrops>,
+}
+
+struct Call {
+    call_id: Arc<str>,
+    record: CallRecord,
+    /// Relays by m= line index.
+    streams: Vec<Option<Stream>>,
+    /// Index of the stream that is recorded (the first audio stream).
+    audio: Option<usize>,
+    /// Codecs each party offered/answered for the audio stream: [caller, callee].
+    codecs: [CodecMap; 2],
+    /// Encodings named in the audio stream that we cannot decode.
+    unknown_codecs: Vec<String>,
+    encrypted: bool,
+    /// Why media could not be anchored, if it could not.
+    media_error: Option<String>,
+    invite_at: Option<Instant>,
+    answered_at: Option<Instant>,
+    recording: Option<Recording>,
+}
+
+/// See the module docs.
+pub struct CallRegistry {
+    cfg: RegistryConfig,
+    pool: PortPool,
+    recorder: Recorder,
+    relay_events: mpsc::UnboundedSender<RelayEvent>,
+    calls: HashMap<String, Call>,
+    clock: WallClock,
+    next_slot: u64,
+}
+
+fn idx(party: Party) -> usize {
+    match party {
+        Party::Caller => 0,
+        Party::Callee => 1,
+    }
+}
+
+impl CallRegistry {
+    /// A registry allocating media ports from `pool` and recording through `recorder`.
+    pub fn new(
+        cfg: RegistryConfig,
+        pool: PortPool,
+        recorder: Recorder,
+        relay_events: mpsc::UnboundedSender<RelayEvent>,
+    ) -> CallRegistry {
+        CallRegistry {
+            cfg,
+            pool,
+            recorder,
+            relay_events,
+            calls: HashMap::new(),
+            clock: WallClock::now(),
+            next_slot: 0,
+        }
+    }
+
+    /// Calls currently tracked.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Media port pairs currently leased.
+    pub fn ports_in_use(&self) -> usize {
+        self.pool.in_use()
+    }
+
+    fn call_mut(&mut self, call_id: &str) -> &mut Call {
+        call_entry(&mut self.calls, call_id)
+    }
+
+    /// Handles an event from the proxy core.
+    pub fn on_event(&mut self, event: CallEvent) {
+        let CallEvent { call_id, at, kind } = event;
+        match kind {
+            CallEventKind::Invite(info) => self.invite(&call_id, at, &info),
+            CallEventKind::Answered => self.answered(&call_id, at),
+            CallEventKind::Failed {
+                code,
+                reason,
+                cancelled,
+            } => {
+                let Some(mut call) = self.calls.remove(&call_id) else {
+                    return;
+                };
+                let (end, why) = if cancelled {
+                    (
+                        EndReason::Cancel,
+                        "cancelled by the caller before answer".to_string(),
+                    )
+                } else {
+                    (
+                        EndReason::Rejected,
+                        format!("not answered: {code} {reason}"),
+                    )
+                };
+                call.record.not_recorded_reason = Some(why);
+                self.end(call, end, at);
+            }
+            CallEventKind::Bye { by } => {
+                if let Some(call) = self.calls.remove(&call_id) {
+                    let reason = match by {
+                        Party::Caller => EndReason::ByeCaller,
+                        Party::Callee => EndReason::ByeCallee,
+                    };
+                    self.end(call, reason, at);
+                }
+            }
+        }
+    }
+
+    /// Handles a relay report. Returns the Call-ID of a call whose media ended, so the proxy core
+    /// can forget its dialog.
+    pub fn on_relay_event(&mut self, event: RelayEvent, now: Instant) -> Option<String> {
+        match event {
+            RelayEvent::Timeout { call_id, stream } => {
+                let call = self.calls.remove(&*call_id)?;
+                tracing::info!(%call_id, stream, recording_id = %call.record.recording_id, "media timeout ends the recording");
+                self.end(call, EndReason::MediaTimeout, now);
+                Some(call_id.to_string())
+            }
+        }
+    }
+
+    /// Ends every call (daemon stopping) and waits for the recorder to finish its files.
+    pub fn shutdown(mut self, now: Instant) {
+        let calls: Vec<Call> = self.calls.drain().map(|(_, c)| c).collect();
+        for mut call in calls {
+            if call.answered_at.is_none() {
+                call.record.not_recorded_reason =
+                    Some("the daemon stopped before the call was answered".into());
+            }
+            self.end(call, EndReason::Shutdown, now);
+        }
+        self.recorder.shutdown();
+    }
+
+    fn invite(&mut self, call_id: &str, at: Instant, info: &InviteInfo) {
+        let time = format_time(self.clock.at(at));
+        let call = self.call_mut(call_id);
+        if call.invite_at.is_some() {
+            return;
+        }
+        call.invite_at = Some(at);
+        let rec = &mut call.record;
+        rec.times.invite = Some(time);
+        rec.direction = Some(if info.from_pbx {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        });
+        // The network-asserted identity beats the From header (RFC 3325 §9.1).
+        let caller = info
+            .asserted_user
+            .clone()
+            .or_else(|| info.from_user.clone());
+        rec.caller_number_raw = caller.clone();
+        rec.caller_number = caller;
+        rec.called_number = info
+            .request_uri_user
+            .clone()
+            .or_else(|| info.to_user.clone());
+        tracing::info!(%call_id, recording_id = %rec.recording_id, caller = ?rec.caller_number, called = ?rec.called_number, "call offered");
+    }
+
+    fn answered(&mut self, call_id: &str, at: Instant) {
+        let wall = self.clock.at(at);
+        let dir = self.cfg.recording_dir.clone();
+        let rate = self.cfg.sample_rate;
+        let tap_queue = self.recorder.tap_queue();
+        self.next_slot += 1;
+        let slot = self.next_slot;
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if call.answered_at.is_some() {
+            return;
+        }
+        call.answered_at = Some(at);
+        call.record.times.answer = Some(format_time(wall));
+        for stream in call.streams.iter().flatten() {
+            stream.relay.control(RelayControl::Arm);
+        }
+        if let Some(reason) = unrecordable(call) {
+            tracing::warn!(%call_id, recording_id = %call.record.recording_id, %reason, "call is not recorded");
+            call.record.state = RecordState::NotRecorded;
+            call.record.service.decision = Decision::Failed;
+            call.record.service.reason = Some(reason.clone());
+            call.record.not_recorded_reason = Some(reason);
+            return;
+        }
+        let Some(stream) = call
+            .audio
+            .and_then(|i| call.streams.get(i))
+            .and_then(|s| s.as_ref())
+        else {
+            return;
+        };
+        let day = day_dir(&dir, wall);
+        let wav_path = day.join(format!("{}.wav", call.record.recording_id));
+        let sidecar_path = day.join(format!("{}.json", call.record.recording_id));
+        let rec = &mut call.record;
+        rec.state = RecordState::Recording;
+        rec.start_reason = Some("answer".into());
+        rec.times.recording_start = rec.times.answer.clone();
+        rec.wav = Some(WavInfo {
+            path: wav_path.display().to_string(),
+            bytes: None,
+            sample_rate: rate,
+            channels: 2,
+            duration_ms: None,
+            sha256: None,
+        });
+        let drops = Arc::new(TapDrops::default());
+        self.recorder.send(Command::Start(Box::new(StartRecording {
+            slot,
+            wav_path,
+            sidecar_path,
+            start: at,
+            codecs: call.codecs.clone(),
+            record: call.record.clone(),
+        })));
+        stream.relay.control(RelayControl::Tap(Some(Tap {
+            slot,
+            queue: tap_queue,
+            drops: Arc::clone(&drops),
+        })));
+        call.recording = Some(Recording { slot, drops });
+        tracing::info!(%call_id, recording_id = %call.record.recording_id, "recording started");
+    }
+
+    /// Finalises a call that has left the registry: stops its relays (freeing the ports), and
+    /// has the recorder close the WAV and write the final sidecar.
+    fn end(&mut self, mut call: Call, reason: EndReason, at: Instant) {
+        let wall = self.clock.at(at);
+        let rec = &mut call.record;
+        rec.times.end = Some(format_time(wall));
+        rec.set_end(reason);
+        rec.duration_ms = call
+            .answered_at
+            .map(|a| at.saturating_duration_since(a).as_millis() as u64);
+        // Dropping the handles stops the relays and returns their ports to the pool.
+        call.streams.clear();
+        tracing::info!(call_id = %call.call_id, recording_id = %rec.recording_id, ?reason, "call ended");
+        match call.recording.take() {
+            Some(recording) => {
+                rec.times.recording_end = Some(format_time(wall));
+                let tap_drops = [
+                    recording.drops.get(Party::Caller),
+                    recording.drops.get(Party::Callee),
+                ];
+                self.recorder.send(Command::Stop {
+                    slot: recording.slot,
+                    end: at,
+                    record: Box::new(call.record),
+                    tap_drops,
+                });
+            }
+            None => {
+                rec.state = RecordState::NotRecorded;
+                if rec.not_recorded_reason.is_none() {
+                    rec.not_recorded_reason = Some(match reason {
+                        EndReason::Shutdown => "the daemon stopped before recording began".into(),
+                        _ => "the call ended before recording began".into(),
+                    });
+                }
+                let started = call.invite_at.map(|i| self.clock.at(i)).unwrap_or(wall);
+                let path = day_dir(&self.cfg.recording_dir, started)
+                    .join(format!("{}.json", rec.recording_id));
+                self.recorder.send(Command::Sidecar {
+                    path,
+                    record: Box::new(call.record),
+                });
+            }
+        }
+    }
+
+    /// Anchors every stream of one SDP body; all or nothing.
+    fn anchor(
+        &mut self,
+        call_id: &str,
+        party: Party,
+        sdp: &mut Sdp,
+        views: &[MediaView],
+    ) -> Result<(), PortError> {
+        let advertise = self.cfg.media_advertise;
+        let timeout = self.cfg.media_timeout;
+        let pool = self.pool.clone();
+        let events = self.relay_events.clone();
+        let recorder = &self.recorder;
+        let call = call_entry(&mut self.calls, call_id);
+        for view in views.iter().filter(|v| v.port != 0) {
+            if call.streams.len() <= view.index {
+                call.streams.resize_with(view.index + 1, || None);
+            }
+            if call.streams[view.index].is_none() {
+                let caller_facing = pool.allocate()?;
+                let callee_facing = pool.allocate()?;
+                match relay::spawn(
+                    Arc::clone(&call.call_id),
+                    view.index,
+                    caller_facing,
+                    callee_facing,
+                    timeout,
+                    events.clone(),
+                ) {
+                    Ok(relay) => {
+                        if call.answered_at.is_some() {
+                            relay.control(RelayControl::Arm);
+                        }
+                        call.streams[view.index] = Some(Stream { relay });
+                    }
+                    Err(e) => {
+                        tracing::error!(%call_id, error = %e, "cannot start relay");
+                        continue;
+                    }
+                }
+            }
+            let Some(stream) = call.streams[view.index].as_ref() else {
+                continue;
+            };
+            // An unspecified address (RFC 3264 §8.4 old-style hold) is passed on as it is.
+            let Some(ip) = view.connection.filter(|ip| !ip.is_unspecified()) else {
+                continue;
+            };
+            let rtp = SocketAddr::new(ip, view.port);
+            let rtcp = match view.rtcp {
+                Some((port, addr)) => SocketAddr::new(addr.unwrap_or(ip), port),
+                None => SocketAddr::new(ip, view.port.saturating_add(1)),
+            };
+            stream
+                .relay
+                .control(RelayControl::Remote { party, rtp, rtcp });
+            // The SDP goes to the other party, who must send to the socket facing it.
+            let local = stream.relay.local_rtp(party.other());
+            if let Err(e) = sdp.rewrite_media(view.index, advertise, local.port()) {
+                tracing::warn!(%call_id, error = %e, "cannot rewrite SDP stream");
+            }
+            if view.kind.eq_ignore_ascii_case("audio") && call.audio.is_none_or(|a| a == view.index)
+            {
+                call.audio = Some(view.index);
+                call.encrypted |= view.encrypted;
+                let (map, unknown) = codec_map(view);
+                call.codecs[idx(party)] = map;
+                call.unknown_codecs = unknown;
+                if let Some(rec) = &call.recording {
+                    recorder.send(Command::Codecs {
+                        slot: rec.slot,
+                        codecs: call.codecs.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MediaAnchor for CallRegistry {
+    fn on_sdp(
+        &mut self,
+        call_id: &str,
+        party: Party,
+        body: &[u8],
+        _now: Instant,
+    ) -> Option<Vec<u8>> {
+        let mut sdp = match Sdp::parse(body) {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                tracing::warn!(%call_id, ?party, error = %e, "SDP does not parse; media is not anchored");
+                self.call_mut(call_id).media_error = Some(format!("SDP does not parse: {e}"));
+                return None;
+            }
+        };
+        let views = sdp.media();
+        match self.anchor(call_id, party, &mut sdp, &views) {
+            Ok(()) => Some(sdp.to_bytes()),
+            Err(e) => {
+                // The call goes on with media flowing directly between the parties.
+                tracing::error!(%call_id, error = %e, "media not anchored");
+                let call = self.call_mut(call_id);
+                call.streams.clear();
+                call.media_error = Some(format!("media not anchored: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Why an answered call cannot be recorded, if it cannot.
+fn unrecordable(call: &Call) -> Option<String> {
+    if let Some(e) = &call.media_error {
+        return Some(e.clone());
+    }
+    if call.audio.is_none() {
+        return Some("no audio stream was anchored".into());
+    }
+    if call.encrypted {
+        return Some("encrypted media (SRTP) is relayed but not recorded".into());
+    }
+    if call.codecs.iter().all(|m| m.is_empty()) {
+        return Some(format!(
+            "codec {} not supported",
+            call.unknown_codecs.join(", ")
+        ));
+    }
+    None
+}
+
+/// Decodable payload types of an audio stream, and the names of those we cannot decode.
+fn codec_map(view: &MediaView) -> (CodecMap, Vec<String>) {
+    let mut map = Vec::new();
+    let mut unknown = Vec::new();
+    for &pt in &view.payload_types {
+        let named = view.rtpmaps.iter().find(|m| m.payload_type == pt);
+        let codec = match named {
+            Some(m) => Codec::from_rtpmap(&m.encoding, m.clock_rate),
+            None => Codec::from_static_pt(pt),
+        };
+        match (codec, named) {
+            (Some(c), _) => map.push((pt, c)),
+            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("telephone-event") => {}
+            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("CN") => {}
+            (None, Some(m)) => unknown.push(m.encoding.clone()),
+            (None, None) if pt == 13 => {}
+            (None, None) => unknown.push(format!("PT {pt}")),
+        }
+    }
+    (map, unknown)
+}
+
+/// The call of `call_id`, created on first sight (the first SDP of a call arrives just before
+/// the proxy core reports its INVITE).
+fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mut Call {
+    calls.entry(call_id.to_string()).or_insert_with(|| Call {
+        call_id: Arc::from(call_id),
+        record: CallRecord::new(ulid::Ulid::new().to_string(), call_id.to_string()),
+        streams: Vec::new(),
+        audio: None,
+        codecs: [Vec::new(), Vec::new()],
+        unknown_codecs: Vec::new(),
+        encrypted: false,
+        media_error: None,
+        invite_at: None,
+        answered_at: None,
+        recording: None,
+    })
+}

@@ -1,0 +1,472 @@
+//! The operator's configuration: one TOML file, its schema (serde, `deny_unknown_fields` on every
+//! table), defaults and validation. Every error names the file, line, column and dotted key, and a
+//! file with any error yields no [`Config`] at all. No other module reads raw TOML.
+
+mod locate;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use locate::Document;
+pub use values::{parse_duration, parse_ip, PortRange, SipAddr, Transport, ValueError};
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// SIP signalling: where to listen, where the PBX is.
+    pub sip: SipConfig,
+    /// RTP anchoring: addresses, port range, inactivity timeout.
+    pub media: MediaConfig,
+    /// Where and how recordings are written.
+    pub recording: RecordingConfig,
+    /// File the configuration came from, or whatever name the caller of [`parse`] gave.
+    pub source: PathBuf,
+}
+
+/// `[sip]`: signalling addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipConfig {
+    /// Addresses phones and trunks send to (non-empty, UDP only in this version).
+    pub listen: Vec<SipAddr>,
+    /// The PBX: requests from anyone else are sent here.
+    pub pbx: SipAddr,
+    /// IP written into Via and Record-Route (the configured one or the resolved default).
+    pub advertise: IpAddr,
+    /// Largest SIP message accepted or sent, in bytes.
+    pub max_message_size: usize,
+}
+
+/// `[media]`: RTP anchoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// Address media sockets bind to.
+    pub bind: IpAddr,
+    /// Address written into rewritten SDP; never unspecified.
+    pub advertise: IpAddr,
+    /// Ports media sockets are taken from.
+    pub ports: PortRange,
+    /// No packets in either direction for this long ends a call's media.
+    pub timeout: Duration,
+}
+
+/// `[recording]`: where recordings go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordingConfig {
+    /// Root of `YYYY/MM/DD/<recording-id>.{wav,json}`.
+    pub dir: PathBuf,
+    /// How often an open WAV's header is brought up to date (crash safety).
+    pub header_update: Duration,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML, has an unknown or missing key, or a value is wrong.
+    #[error("{path}:{line}:{column}: `{key}`: {message}", path = .file.display())]
+    Invalid {
+        /// File the text came from.
+        file: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column (in characters) of the offending text.
+        column: usize,
+        /// Dotted key, e.g. `media.ports`; for an unknown key, the unknown one.
+        key: String,
+        /// What is wrong and, where it helps, how to write it.
+        message: String,
+    },
+    /// The file could not be read.
+    #[error("{path}: {source}", path = .file.display())]
+    Read {
+        /// File that was to be read.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Accepted `sip.max_message_size`: 65535 is the largest UDP payload field, and below 1 KiB not
+/// even a bare INVITE with SDP fits.
+pub const MAX_MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=65535;
+/// Shortest `media.timeout`: shorter would end calls on ordinary jitter.
+pub const MEDIA_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// Longest `media.timeout`: keeps deadline arithmetic far from overflow and dead calls bounded.
+pub const MEDIA_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `recording.header_update`: more often would turn header rewrites into the main IO.
+pub const HEADER_UPDATE_MIN: Duration = Duration::from_millis(100);
+/// Longest `recording.header_update`: a crash may lose at most this much audio.
+pub const HEADER_UPDATE_MAX: Duration = Duration::from_secs(60);
+
+fn default_max_message_size() -> usize {
+    65535
+}
+
+fn default_media_bind() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+
+fn default_media_ports() -> PortRange {
+    PortRange {
+        low: 30000,
+        high: 39999,
+    }
+}
+
+fn default_media_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_header_update() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The file as written. Every value is optional and spanned so that missing keys and bad values
+/// are reported by [`resolve`] with their own line; serde only checks TOML types and key names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawConfig {
+    /// `[sip]` (required: it holds required keys).
+    sip: Option<RawSip>,
+    /// `[media]` (required: it holds `advertise`).
+    media: Option<RawMedia>,
+    /// `[recording]` (required: it holds `dir`).
+    recording: Option<RawRecording>,
+}
+
+/// `[sip]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [sip] table")]
+struct RawSip {
+    /// Required list of `transport:IP:PORT`.
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Required `transport:IP:PORT` of the PBX.
+    pbx: Option<Spanned<String>>,
+    /// Optional IP for Via/Record-Route.
+    advertise: Option<Spanned<String>>,
+    /// Optional byte limit, default [`default_max_message_size`].
+    max_message_size: Option<Spanned<i64>>,
+}
+
+/// `[media]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [media] table")]
+struct RawMedia {
+    /// Optional IP, default [`default_media_bind`].
+    bind: Option<Spanned<String>>,
+    /// Required IP for SDP.
+    advertise: Option<Spanned<String>>,
+    /// Optional `LOW-HIGH`, default [`default_media_ports`].
+    ports: Option<Spanned<String>>,
+    /// Optional duration, default [`default_media_timeout`].
+    timeout: Option<Spanned<String>>,
+}
+
+/// `[recording]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [recording] table")]
+struct RawRecording {
+    /// Required directory.
+    dir: Option<Spanned<String>>,
+    /// Optional duration, default [`default_header_update`].
+    header_update: Option<Spanned<String>>,
+}
+
+/// Reads `path` and parses it; see [`parse`].
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration `text`; `file` names it in errors and in [`Config::source`].
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let doc = Document::new(text, file);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
+    let mut config = resolve(raw, &doc)?;
+    config.source = file.to_path_buf();
+    Ok(config)
+}
+
+/// Applies defaults and checks every value, in the order the tables are documented.
+fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
+    let sip_present = raw.sip.is_some();
+    let media_present = raw.media.is_some();
+    let recording_present = raw.recording.is_some();
+    let sip = raw.sip.unwrap_or_default();
+    let media = raw.media.unwrap_or_default();
+    let recording = raw.recording.unwrap_or_default();
+
+    let listen_raw = required(
+        doc,
+        sip.listen,
+        ("sip", sip_present),
+        "listen",
+        "[\"udp:0.0.0.0:5060\"]",
+    )?;
+    let listen = listen_addresses(doc, listen_raw)?;
+    let pbx_raw = required(
+        doc,
+        sip.pbx,
+        ("sip", sip_present),
+        "pbx",
+        "\"udp:10.0.0.5:5060\"",
+    )?;
+    let pbx = value(doc, &pbx_raw, "sip.pbx", str::parse::<SipAddr>)?;
+    served_transport(doc, &pbx_raw, "sip.pbx", pbx)?;
+    let sip_advertise = sip
+        .advertise
+        .map(|s| specified_ip(doc, &s, "sip.advertise", "Via and Record-Route"))
+        .transpose()?;
+    let max_message_size = match sip.max_message_size {
+        None => default_max_message_size(),
+        Some(s) => usize::try_from(*s.get_ref())
+            .ok()
+            .filter(|n| MAX_MESSAGE_SIZE_RANGE.contains(n))
+            .ok_or_else(|| {
+                doc.invalid(
+                    Some(s.span()),
+                    "sip.max_message_size",
+                    format!(
+                        "{} bytes is out of range: must be between {} and {} (a SIP message over \
+                         UDP must fit one datagram)",
+                        s.get_ref(),
+                        MAX_MESSAGE_SIZE_RANGE.start(),
+                        MAX_MESSAGE_SIZE_RANGE.end()
+                    ),
+                )
+            })?,
+    };
+
+    let bind = match &media.bind {
+        None => default_media_bind(),
+        Some(s) => value(doc, s, "media.bind", parse_ip)?,
+    };
+    let advertise_raw = required(
+        doc,
+        media.advertise,
+        ("media", media_present),
+        "advertise",
+        "\"192.0.2.10\"",
+    )?;
+    let media_advertise = specified_ip(doc, &advertise_raw, "media.advertise", "rewritten SDP")?;
+    if bind.is_ipv4() && media_advertise.is_ipv6() {
+        return Err(doc.invalid(
+            Some(advertise_raw.span()),
+            "media.advertise",
+            format!(
+                "{media_advertise} is IPv6 but media.bind ({bind}) is IPv4: media sent to it \
+                 would never reach the sockets; bind to \"::\" or advertise an IPv4 address"
+            ),
+        ));
+    }
+    let ports = match &media.ports {
+        None => default_media_ports(),
+        Some(s) => value(doc, s, "media.ports", str::parse::<PortRange>)?,
+    };
+    let timeout = match &media.timeout {
+        None => default_media_timeout(),
+        Some(s) => duration_in(
+            doc,
+            s,
+            "media.timeout",
+            MEDIA_TIMEOUT_MIN..=MEDIA_TIMEOUT_MAX,
+        )?,
+    };
+
+    let dir_raw = required(
+        doc,
+        recording.dir,
+        ("recording", recording_present),
+        "dir",
+        "\"/var/lib/recproxy/recordings\"",
+    )?;
+    if dir_raw.get_ref().trim().is_empty() {
+        return Err(doc.invalid(
+            Some(dir_raw.span()),
+            "recording.dir",
+            "must not be empty: give the directory recordings are written to",
+        ));
+    }
+    let header_update = match &recording.header_update {
+        None => default_header_update(),
+        Some(s) => duration_in(
+            doc,
+            s,
+            "recording.header_update",
+            HEADER_UPDATE_MIN..=HEADER_UPDATE_MAX,
+        )?,
+    };
+
+    // Via/Record-Route need an address others can reach: the first listen IP if it is a real
+    // one, else the media address (a host listening on 0.0.0.0 is reached at its advertised IP).
+    let advertise = sip_advertise.unwrap_or_else(|| {
+        listen
+            .first()
+            .map(|l| l.addr.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(media_advertise)
+    });
+
+    Ok(Config {
+        sip: SipConfig {
+            listen,
+            pbx,
+            advertise,
+            max_message_size,
+        },
+        media: MediaConfig {
+            bind,
+            advertise: media_advertise,
+            ports,
+            timeout,
+        },
+        recording: RecordingConfig {
+            dir: PathBuf::from(dir_raw.into_inner()),
+            header_update,
+        },
+        source: PathBuf::new(),
+    })
+}
+
+/// A required key: reports it at its table's header, or at line 1 when the table is missing.
+fn required<T>(
+    doc: &Document<'_>,
+    field: Option<T>,
+    (table, table_present): (&str, bool),
+    key: &str,
+    example: &str,
+) -> Result<T, ConfigError> {
+    field.ok_or_else(|| {
+        let dotted = format!("{table}.{key}");
+        if table_present {
+            doc.invalid(
+                doc.table_span(table),
+                &dotted,
+                format!("missing required key: add `{key} = {example}` to [{table}]"),
+            )
+        } else {
+            doc.invalid(
+                None,
+                &dotted,
+                format!(
+                    "missing required key: there is no [{table}] table; add it with \
+                     `{key} = {example}`"
+                ),
+            )
+        }
+    })
+}
+
+/// Parses a spanned string with `parse`, reporting failures at the value.
+fn value<T>(
+    doc: &Document<'_>,
+    raw: &Spanned<String>,
+    key: &str,
+    parse: impl Fn(&str) -> Result<T, ValueError>,
+) -> Result<T, ConfigError> {
+    parse(raw.get_ref()).map_err(|e| doc.invalid(Some(raw.span()), key, e.0))
+}
+
+/// `sip.listen`: non-empty, each entry valid, served by this version, none twice.
+fn listen_addresses(
+    doc: &Document<'_>,
+    raw: Spanned<Vec<Spanned<String>>>,
+) -> Result<Vec<SipAddr>, ConfigError> {
+    let span = raw.span();
+    let entries = raw.into_inner();
+    if entries.is_empty() {
+        return Err(doc.invalid(
+            Some(span),
+            "sip.listen",
+            "must list at least one address, e.g. [\"udp:0.0.0.0:5060\"]",
+        ));
+    }
+    let mut listen: Vec<SipAddr> = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let addr = value(doc, entry, "sip.listen", str::parse::<SipAddr>)?;
+        served_transport(doc, entry, "sip.listen", addr)?;
+        // Port 0 asks for an ephemeral port each time, so it may repeat.
+        if addr.addr.port() != 0 && listen.contains(&addr) {
+            return Err(doc.invalid(
+                Some(entry.span()),
+                "sip.listen",
+                format!("{addr} is listed twice"),
+            ));
+        }
+        listen.push(addr);
+    }
+    Ok(listen)
+}
+
+/// This version serves SIP over UDP only; TCP is accepted by the syntax so the key stays stable.
+fn served_transport(
+    doc: &Document<'_>,
+    raw: &Spanned<String>,
+    key: &str,
+    addr: SipAddr,
+) -> Result<(), ConfigError> {
+    match addr.transport {
+        Transport::Udp => Ok(()),
+        Transport::Tcp => Err(doc.invalid(
+            Some(raw.span()),
+            key,
+            "tcp transport is not supported by this version",
+        )),
+    }
+}
+
+/// An IP that others send to: 0.0.0.0 and :: only mean "any local address" when binding, and
+/// nobody can send packets to them.
+fn specified_ip(
+    doc: &Document<'_>,
+    raw: &Spanned<String>,
+    key: &str,
+    written_into: &str,
+) -> Result<IpAddr, ConfigError> {
+    let ip = value(doc, raw, key, parse_ip)?;
+    if ip.is_unspecified() {
+        return Err(doc.invalid(
+            Some(raw.span()),
+            key,
+            format!(
+                "{ip} is the unspecified address: this address is written into {written_into} \
+                 for the other parties to send to, and nothing can be sent to {ip}; give the \
+                 address phones and the PBX reach this host at"
+            ),
+        ));
+    }
+    Ok(ip)
+}
+
+/// A duration within `range` (inclusive).
+fn duration_in(
+    doc: &Document<'_>,
+    raw: &Spanned<String>,
+    key: &str,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, ConfigError> {
+    let d = value(doc, raw, key, parse_duration)?;
+    if range.contains(&d) {
+        Ok(d)
+    } else {
+        Err(doc.invalid(
+            Some(raw.span()),
+            key,
+            format!(
+                "\"{}\" is out of range: must be between {} and {}",
+                raw.get_ref(),
+                values::format_duration(*range.start()),
+                values::format_duration(*range.end())
+            ),
+        ))
+    }
+}

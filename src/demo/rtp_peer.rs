@@ -1,0 +1,285 @@
+//! RTP endpoint of the demo and test user agents: one UDP socket that plays a tone as 20 ms
+//! packets on an absolute schedule (optionally dropping every Nth to simulate loss) and counts
+//! what comes back on the same socket (symmetric RTP, so a relay can latch on our source).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::UdpSocket;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::codec::Codec;
+use crate::demo::tone::Tone;
+use crate::media::rtp::{self, RtpHeader};
+
+/// Packetisation interval: 20 ms, the usual G.711 ptime (RFC 3551 §4.5).
+const PTIME: Duration = Duration::from_millis(20);
+/// Peak amplitude of the played tone: loud but well clear of clipping after G.711.
+const TONE_AMPLITUDE: i16 = 8000;
+/// Payload type used when the codec has no static one (first dynamic PT, RFC 3551 §6).
+const DYNAMIC_PT: u8 = 96;
+/// Largest datagram we read; anything longer is truncated by the kernel and still counted.
+const RECV_BUF: usize = 2048;
+
+/// What to play.
+#[derive(Debug, Clone)]
+pub struct PlayConfig {
+    /// Codec to encode the tone with.
+    pub codec: Codec,
+    /// Tone frequency in Hz.
+    pub tone_hz: f64,
+    /// How long to play; the schedule is `duration / 20 ms` packets.
+    pub duration: Duration,
+    /// drop every Nth packet before sending (counted, not sent) to simulate loss before the proxy
+    pub drop_every: Option<u32>,
+    /// SSRC of the stream.
+    pub ssrc: u32,
+}
+
+/// What happened while playing.
+#[derive(Debug, Clone, Default)]
+pub struct RtpStats {
+    /// Packets sent.
+    pub sent: u64,
+    /// Packets scheduled but deliberately not sent (`drop_every`).
+    pub dropped: u64,
+    /// RTP packets received on our socket (RTCP and non-RTP datagrams are not counted).
+    pub received: u64,
+    /// Source of the first received RTP packet.
+    pub first_rx_from: Option<SocketAddr>,
+    /// Wall-clock time of the first packet sent.
+    pub first_sent_at: Option<SystemTime>,
+    /// Wall-clock time of the last packet sent.
+    pub last_sent_at: Option<SystemTime>,
+}
+
+/// An RTP endpoint bound to an ephemeral UDP port.
+#[derive(Debug)]
+pub struct RtpPeer {
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+/// Static payload type of `codec`, found through the codec table itself so new codecs need no
+/// change here; codecs without one get the first dynamic type.
+pub(crate) fn payload_type(codec: Codec) -> u8 {
+    (0u8..DYNAMIC_PT)
+        .find(|&pt| Codec::from_static_pt(pt) == Some(codec))
+        .unwrap_or(DYNAMIC_PT)
+}
+
+/// Random bits for SSRCs, sequence and timestamp starts (RFC 3550 §5.1 wants random initial
+/// values); ULIDs carry 80 bits from the OS random source, so no extra dependency is needed.
+pub(crate) fn random_u64() -> u64 {
+    // Truncation to the low 64 of the 80 random bits is intended.
+    ulid::Ulid::new().random() as u64
+}
+
+impl RtpPeer {
+    /// Binds a UDP socket on `ip` with an ephemeral port.
+    pub async fn bind(ip: IpAddr) -> std::io::Result<RtpPeer> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let local = socket.local_addr()?;
+        Ok(RtpPeer { socket, local })
+    }
+
+    /// Address the socket is bound to (put this in the SDP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends 20 ms packets (160 samples at 8 kHz, seq/timestamp increasing from random starts, marker on first)
+    /// to `remote`, paced on an absolute schedule for `cfg.duration`, while counting packets received
+    /// on the same socket (symmetric RTP: the proxy latches on our source). Stops early when `stop`
+    /// resolves (e.g. BYE received).
+    pub async fn play(
+        &self,
+        remote: SocketAddr,
+        cfg: &PlayConfig,
+        stop: impl Future<Output = ()>,
+    ) -> RtpStats {
+        let mut stats = RtpStats::default();
+        let samples_per_packet = (cfg.codec.clock_rate() / 50).max(1) as usize;
+        let total = (cfg.duration.as_millis() / PTIME.as_millis()) as u64;
+        let pt = payload_type(cfg.codec);
+        let start_bits = random_u64();
+        let mut header = RtpHeader {
+            marker: true,
+            payload_type: pt,
+            seq: (start_bits & 0xffff) as u16,
+            timestamp: (start_bits >> 16) as u32,
+            ssrc: cfg.ssrc,
+        };
+        let mut tone = Tone::new(cfg.tone_hz, cfg.codec.clock_rate(), TONE_AMPLITUDE);
+        let mut pcm = vec![0i16; samples_per_packet];
+        let mut packet: Vec<u8> = Vec::with_capacity(12 + samples_per_packet);
+        let mut rx = [0u8; RECV_BUF];
+
+        // The last packet covers [t_{n-1}, t_n], so we keep listening until the schedule's end;
+        // that also catches the peer's packets still in flight when our last one leaves.
+        let start = Instant::now();
+        let end = start + PTIME * u32::try_from(total).unwrap_or(u32::MAX);
+        // Burst: if the task is delayed, catch up so the packet count matches wall-clock time.
+        let mut ticker = tokio::time::interval_at(start, PTIME);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut index: u64 = 0;
+        tokio::pin!(stop);
+
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                _ = ticker.tick(), if index < total => {
+                    tone.fill(&mut pcm);
+                    index += 1;
+                    let drop_this = matches!(cfg.drop_every, Some(n) if n > 0 && index % u64::from(n) == 0);
+                    if drop_this {
+                        stats.dropped += 1;
+                    } else {
+                        let mut fixed = [0u8; 12];
+                        rtp::write_header(&header, &mut fixed);
+                        packet.clear();
+                        packet.extend_from_slice(&fixed);
+                        cfg.codec.encode(&pcm, &mut packet);
+                        match self.socket.send_to(&packet, remote).await {
+                            Ok(_) => {
+                                stats.sent += 1;
+                                let now = SystemTime::now();
+                                stats.first_sent_at.get_or_insert(now);
+                                stats.last_sent_at = Some(now);
+                            }
+                            Err(e) => tracing::debug!(error = %e, %remote, "RTP send failed"),
+                        }
+                    }
+                    // A dropped packet still consumes its sequence number and timestamp: to the
+                    // receiver it is indistinguishable from loss on the wire.
+                    header.marker = false;
+                    header.seq = header.seq.wrapping_add(1);
+                    header.timestamp = header.timestamp.wrapping_add(samples_per_packet as u32);
+                }
+                r = self.socket.recv_from(&mut rx) => match r {
+                    Ok((len, from)) => {
+                        if let Some(data) = rx.get(..len) {
+                            if is_rtp(data) {
+                                stats.received += 1;
+                                stats.first_rx_from.get_or_insert(from);
+                            }
+                        }
+                    }
+                    // On Linux an ICMP port unreachable from an earlier send surfaces here;
+                    // it says nothing about what we should receive, so carry on.
+                    Err(e) => tracing::debug!(error = %e, "RTP receive error"),
+                },
+                () = tokio::time::sleep_until(end) => break,
+            }
+        }
+        stats
+    }
+}
+
+/// RTP rather than RTCP or junk: RTCP shares the version bits but uses payload types 72-76 in
+/// the RTP header position (RFC 5761 §4).
+fn is_rtp(data: &[u8]) -> bool {
+    match rtp::parse(data) {
+        Ok((h, _)) => !(72..=76).contains(&h.payload_type),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn cfg(duration_ms: u64, drop_every: Option<u32>) -> PlayConfig {
+        PlayConfig {
+            codec: Codec::Pcmu,
+            tone_hz: 440.0,
+            duration: Duration::from_millis(duration_ms),
+            drop_every,
+            ssrc: 0x1234_5678,
+        }
+    }
+
+    #[tokio::test]
+    async fn two_peers_exchange_packets_with_increasing_seq() {
+        let a = RtpPeer::bind(LOCALHOST).await.unwrap();
+        let b = RtpPeer::bind(LOCALHOST).await.unwrap();
+        let (ca, cb) = (cfg(200, None), cfg(200, Some(2)));
+        let (sa, sb) = tokio::join!(
+            a.play(b.local_addr(), &ca, std::future::pending()),
+            b.play(a.local_addr(), &cb, std::future::pending()),
+        );
+        assert_eq!(sa.sent, 10);
+        assert_eq!(sa.dropped, 0);
+        assert_eq!((sb.sent, sb.dropped), (5, 5));
+        assert!(sa.received >= 4 && sa.received <= 5, "{sa:?}");
+        assert!(sb.received >= 9 && sb.received <= 10, "{sb:?}");
+        assert_eq!(sb.first_rx_from, Some(a.local_addr()));
+        assert!(sa.first_sent_at <= sa.last_sent_at);
+    }
+
+    #[tokio::test]
+    async fn packets_carry_header_fields_and_tone() {
+        let a = RtpPeer::bind(LOCALHOST).await.unwrap();
+        let sink = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let dest = sink.local_addr().unwrap();
+        let c = PlayConfig {
+            codec: Codec::Pcma,
+            tone_hz: 1000.0,
+            ..cfg(100, None)
+        };
+        let stats = a.play(dest, &c, std::future::pending()).await;
+        assert_eq!(stats.sent, 5);
+        let mut buf = [0u8; 2048];
+        let mut headers = Vec::new();
+        let mut pcm = Vec::new();
+        for _ in 0..5 {
+            let (len, from) = sink.recv_from(&mut buf).await.unwrap();
+            assert_eq!(from, a.local_addr());
+            let (h, payload) = rtp::parse(&buf[..len]).unwrap();
+            assert_eq!(payload.len(), 160);
+            Codec::Pcma.decode(payload, &mut pcm);
+            headers.push(h);
+        }
+        assert!(headers[0].marker);
+        assert!(headers[1..].iter().all(|h| !h.marker));
+        for w in headers.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
+            assert_eq!(w[1].timestamp, w[0].timestamp.wrapping_add(160));
+            assert_eq!(w[1].ssrc, 0x1234_5678);
+            assert_eq!(w[1].payload_type, 8);
+        }
+        let at = crate::demo::tone::goertzel(&pcm, 8000, 1000.0);
+        let off = crate::demo::tone::goertzel(&pcm, 8000, 440.0);
+        assert!(at / off > 100.0, "{at} vs {off}");
+    }
+
+    #[tokio::test]
+    async fn stop_future_ends_play_early() {
+        let a = RtpPeer::bind(LOCALHOST).await.unwrap();
+        let sink = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let began = std::time::Instant::now();
+        let stats = a
+            .play(
+                sink.local_addr().unwrap(),
+                &cfg(10_000, None),
+                tokio::time::sleep(Duration::from_millis(100)),
+            )
+            .await;
+        assert!(began.elapsed() < Duration::from_secs(2));
+        assert!(stats.sent >= 4 && stats.sent <= 7, "{stats:?}");
+    }
+
+    #[test]
+    fn static_payload_types() {
+        assert_eq!(payload_type(Codec::Pcmu), 0);
+        assert_eq!(payload_type(Codec::Pcma), 8);
+        assert!(!is_rtp(&[0x80, 200, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(is_rtp(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!is_rtp(&[0x80, 0, 0]));
+    }
+}

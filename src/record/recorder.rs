@@ -1,0 +1,455 @@
+//! The recorder: one OS thread that owns every open WAV and does all recording file IO (WAV
+//! samples, periodic header updates with fsync, SHA-256, sidecar writes), fed by the relay's tap
+//! queue and by commands from the call registry. It never touches the relay: a slow disk only
+//! fills the tap queue, whose overflow is counted as a gap.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::call::metadata::{write_sidecar, CallRecord, Decision, LegInfo, RecordState};
+use crate::codec::Codec;
+use crate::media::rtp;
+use crate::media::tap::TapPacket;
+use crate::record::timeline::{Side, Timeline, TimelineConfig};
+use crate::record::wav::{sha256_file, WavWriter};
+use crate::sip::proxy::Party;
+
+/// How often ready audio is moved from the timelines into the files.
+const TICK: Duration = Duration::from_millis(20);
+/// Packets handled between two looks at the command queue.
+const PACKET_BATCH: usize = 512;
+
+/// Recorder settings.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    /// How often each WAV header is brought up to date and fsynced.
+    pub header_update: Duration,
+    /// Timeline settings (rate, reorder window).
+    pub timeline: TimelineConfig,
+    /// Depth of the tap queue in packets.
+    pub tap_queue: usize,
+}
+
+/// Payload type to codec map of one party's stream.
+pub type CodecMap = Vec<(u8, Codec)>;
+
+/// Everything needed to open a recording.
+pub struct StartRecording {
+    /// Slot the tap tags packets with.
+    pub slot: u64,
+    /// WAV path.
+    pub wav_path: PathBuf,
+    /// Sidecar path.
+    pub sidecar_path: PathBuf,
+    /// First sample's time.
+    pub start: Instant,
+    /// Codecs by payload type of the packets each party sends: [caller, callee].
+    pub codecs: [CodecMap; 2],
+    /// The record as it stands (written as the first sidecar).
+    pub record: CallRecord,
+}
+
+/// Work for the recorder thread, handled in order.
+pub enum Command {
+    /// Open a WAV and write the first sidecar.
+    Start(Box<StartRecording>),
+    /// New codec maps after a re-negotiation.
+    Codecs {
+        /// Recording slot.
+        slot: u64,
+        /// [caller, callee].
+        codecs: [CodecMap; 2],
+    },
+    /// Close the WAV at `end`, complete the record with file and media facts, write the sidecar.
+    Stop {
+        /// Recording slot.
+        slot: u64,
+        /// Time of the last sample.
+        end: Instant,
+        /// The record as the registry knows it.
+        record: Box<CallRecord>,
+        /// Packet copies dropped before reaching us: [caller, callee].
+        tap_drops: [u64; 2],
+    },
+    /// Write a sidecar for a call that was not recorded.
+    Sidecar {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        record: Box<CallRecord>,
+    },
+    /// Finish the commands before this one, then stop.
+    Shutdown,
+}
+
+/// What the recorder tells the daemon (for logs and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecorderEvent {
+    /// A sidecar was written in its final state.
+    Finalised {
+        /// SIP Call-ID.
+        call_id: String,
+        /// Recording ID.
+        recording_id: String,
+        /// Final state.
+        state: RecordState,
+    },
+    /// Writing failed; the sidecar says so where it could be written.
+    Failed {
+        /// Recording ID.
+        recording_id: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Handle to the recorder thread.
+pub struct Recorder {
+    commands: Sender<Command>,
+    tap: SyncSender<TapPacket>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Starts the thread; events go to `events`.
+    pub fn start(
+        cfg: RecorderConfig,
+        events: tokio::sync::mpsc::UnboundedSender<RecorderEvent>,
+    ) -> std::io::Result<Recorder> {
+        let (commands, command_rx) = mpsc::channel();
+        let (tap, tap_rx) = mpsc::sync_channel(cfg.tap_queue.max(1));
+        let thread = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || {
+                let mut worker = Worker {
+                    cfg,
+                    active: HashMap::new(),
+                    failed: HashMap::new(),
+                    events,
+                    pcm: Vec::with_capacity(2048),
+                    out: Vec::with_capacity(16_384),
+                };
+                worker.run(&command_rx, &tap_rx);
+            })?;
+        Ok(Recorder {
+            commands,
+            tap,
+            thread: Some(thread),
+        })
+    }
+
+    /// The queue the relays' taps feed.
+    pub fn tap_queue(&self) -> SyncSender<TapPacket> {
+        self.tap.clone()
+    }
+
+    /// Queues a command.
+    pub fn send(&self, cmd: Command) {
+        if self.commands.send(cmd).is_err() {
+            tracing::error!("recorder thread is gone; command lost");
+        }
+    }
+
+    /// Finishes every queued command and joins the thread.
+    pub fn shutdown(mut self) {
+        self.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("recorder thread panicked");
+            }
+        }
+    }
+}
+
+struct Active {
+    wav: WavWriter,
+    timeline: Timeline,
+    codecs: [CodecMap; 2],
+    first_codec: [Option<Codec>; 2],
+    last_header: Instant,
+    /// Set when the disk failed: no more writes, the sidecar says why.
+    error: Option<String>,
+    recording_id: String,
+    sidecar: PathBuf,
+}
+
+struct Worker {
+    cfg: RecorderConfig,
+    active: HashMap<u64, Active>,
+    /// Slots whose WAV could not be opened, with why and where their sidecar goes.
+    failed: HashMap<u64, (String, PathBuf)>,
+    events: tokio::sync::mpsc::UnboundedSender<RecorderEvent>,
+    pcm: Vec<i16>,
+    out: Vec<i16>,
+}
+
+fn side(party: Party) -> Side {
+    match party {
+        Party::Caller => Side::Caller,
+        Party::Callee => Side::Callee,
+    }
+}
+
+fn idx(party: Party) -> usize {
+    match party {
+        Party::Caller => 0,
+        Party::Callee => 1,
+    }
+}
+
+impl Worker {
+    fn run(&mut self, commands: &Receiver<Command>, tap: &Receiver<TapPacket>) {
+        let mut last_tick = Instant::now();
+        loop {
+            loop {
+                match commands.try_recv() {
+                    Ok(Command::Shutdown) => return self.abandon_all("shutdown"),
+                    Ok(cmd) => self.command(cmd, tap),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return self.abandon_all("daemon stopped"),
+                }
+            }
+            match tap.recv_timeout(TICK) {
+                Ok(pkt) => {
+                    self.packet(&pkt);
+                    for _ in 0..PACKET_BATCH {
+                        match tap.try_recv() {
+                            Ok(pkt) => self.packet(&pkt),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+            let now = Instant::now();
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.tick(now);
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command, tap: &Receiver<TapPacket>) {
+        match cmd {
+            Command::Start(start) => self.open(*start),
+            Command::Codecs { slot, codecs } => {
+                if let Some(a) = self.active.get_mut(&slot) {
+                    a.codecs = codecs;
+                }
+            }
+            Command::Stop {
+                slot,
+                end,
+                record,
+                tap_drops,
+            } => {
+                // Packets of this call still queued belong in the file.
+                while let Ok(pkt) = tap.try_recv() {
+                    self.packet(&pkt);
+                }
+                self.close(slot, end, *record, tap_drops);
+            }
+            Command::Sidecar { path, record } => {
+                self.write(&path, &record);
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn open(&mut self, start: StartRecording) {
+        let StartRecording {
+            slot,
+            wav_path,
+            sidecar_path,
+            start,
+            codecs,
+            record,
+        } = start;
+        let opened = wav_path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                WavWriter::create(&wav_path, self.cfg.timeline.rate, 2).map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok(wav) => {
+                self.write(&sidecar_path, &record);
+                self.active.insert(
+                    slot,
+                    Active {
+                        wav,
+                        timeline: Timeline::new(start, self.cfg.timeline.clone()),
+                        codecs,
+                        first_codec: [None, None],
+                        last_header: Instant::now(),
+                        error: None,
+                        recording_id: record.recording_id.clone(),
+                        sidecar: sidecar_path,
+                    },
+                );
+            }
+            Err(error) => {
+                tracing::error!(recording_id = %record.recording_id, %error, "cannot open WAV");
+                self.failed.insert(
+                    slot,
+                    (
+                        format!("cannot create {}: {error}", wav_path.display()),
+                        sidecar_path,
+                    ),
+                );
+            }
+        }
+    }
+
+    fn packet(&mut self, pkt: &TapPacket) {
+        let Some(active) = self.active.get_mut(&pkt.slot) else {
+            return;
+        };
+        let Ok((header, payload)) = rtp::parse(pkt.bytes()) else {
+            return;
+        };
+        let map = &active.codecs[idx(pkt.party)];
+        let Some(codec) = map
+            .iter()
+            .find(|(pt, _)| *pt == header.payload_type)
+            .map(|(_, c)| *c)
+        else {
+            // telephone-event, comfort noise and undecodable payloads carry no audio to place.
+            return;
+        };
+        active.first_codec[idx(pkt.party)].get_or_insert(codec);
+        self.pcm.clear();
+        codec.decode(payload, &mut self.pcm);
+        active.timeline.push(
+            side(pkt.party),
+            pkt.arrival,
+            &header,
+            codec.clock_rate(),
+            &self.pcm,
+        );
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for active in self.active.values_mut() {
+            self.out.clear();
+            active.timeline.drain_ready(now, &mut self.out);
+            write_samples(active, &self.out);
+            if active.error.is_none()
+                && now.duration_since(active.last_header) >= self.cfg.header_update
+            {
+                active.last_header = now;
+                if let Err(e) = active.wav.update_header() {
+                    fail(active, format!("header update failed: {e}"));
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, slot: u64, end: Instant, mut record: CallRecord, tap_drops: [u64; 2]) {
+        if let Some((reason, sidecar)) = self.failed.remove(&slot) {
+            record.state = RecordState::NotRecorded;
+            record.service.decision = Decision::Failed;
+            record.not_recorded_reason = Some(reason);
+            record.wav = None;
+            self.finalised(sidecar, record);
+            return;
+        }
+        let Some(mut active) = self.active.remove(&slot) else {
+            tracing::warn!(slot, recording_id = %record.recording_id, "stop for unknown recording");
+            return;
+        };
+        let sidecar = active.sidecar.clone();
+        self.out.clear();
+        active.timeline.finish(end, &mut self.out);
+        write_samples(&mut active, &self.out);
+        for party in [Party::Caller, Party::Callee] {
+            let stats = active.timeline.stats(side(party));
+            let leg = LegInfo {
+                codec: active.first_codec[idx(party)].map(|c| c.name().to_string()),
+                packets: stats.packets,
+                lost: stats.lost,
+                late: stats.late,
+                gap_ms: tap_drops[idx(party)] * 20,
+            };
+            match party {
+                Party::Caller => record.legs.caller = leg,
+                Party::Callee => record.legs.callee = leg,
+            }
+        }
+        let path = active.wav.path().to_path_buf();
+        let error = active.error.take();
+        let summary = active.wav.finish();
+        match (summary, error) {
+            (Ok(summary), error) => {
+                if let Some(wav) = record.wav.as_mut() {
+                    wav.bytes = Some(summary.file_bytes);
+                    wav.duration_ms = Some(summary.frames * 1000 / u64::from(summary.rate.max(1)));
+                    wav.sha256 = sha256_file(&path).ok();
+                }
+                record.state = RecordState::Complete;
+                if let Some(error) = error {
+                    // Disk trouble mid-call: what was written is kept and the sidecar says so.
+                    record.service.decision = Decision::Failed;
+                    record.service.reason = Some(error);
+                }
+            }
+            (Err(e), _) => {
+                record.state = RecordState::NotRecorded;
+                record.service.decision = Decision::Failed;
+                record.not_recorded_reason = Some(format!("cannot finish WAV: {e}"));
+            }
+        }
+        self.finalised(sidecar, record);
+    }
+
+    fn finalised(&mut self, sidecar: PathBuf, record: CallRecord) {
+        if self.write(&sidecar, &record) {
+            let _ = self.events.send(RecorderEvent::Finalised {
+                call_id: record.sip_call_id.clone(),
+                recording_id: record.recording_id.clone(),
+                state: record.state,
+            });
+        }
+    }
+
+    fn write(&mut self, path: &std::path::Path, record: &CallRecord) -> bool {
+        match write_sidecar(path, record) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(recording_id = %record.recording_id, error = %e, "cannot write sidecar");
+                let _ = self.events.send(RecorderEvent::Failed {
+                    recording_id: record.recording_id.clone(),
+                    error: e.to_string(),
+                });
+                false
+            }
+        }
+    }
+
+    /// The daemon stopped without stopping these recordings: make the files valid at least.
+    fn abandon_all(&mut self, why: &str) {
+        for (_, mut active) in self.active.drain() {
+            let _ = active.wav.update_header();
+            tracing::warn!(recording_id = %active.recording_id, why, "recording left open");
+        }
+    }
+}
+
+fn write_samples(active: &mut Active, samples: &[i16]) {
+    if samples.is_empty() || active.error.is_some() {
+        return;
+    }
+    if let Err(e) = active.wav.append(samples) {
+        fail(active, format!("write failed: {e}"));
+    }
+}
+
+fn fail(active: &mut Active, error: String) {
+    tracing::error!(recording_id = %active.recording_id, %error, "recording stopped; the call goes on");
+    active.error = Some(error);
+}

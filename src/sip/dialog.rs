@@ -1,0 +1,29 @@
+//! The proxy core's view of a call: the dialog created by an initial INVITE, keyed by Call-ID.
+//! It tells which party sent an in-dialog request (for SDP anchoring and end reasons) and when
+//! the call was answered or ended. Pure data, no IO.
+
+use std::net::SocketAddr;
+
+/// Where a call stands, as seen in signalling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogState {
+    /// Initial INVITE forwarded, no final response yet.
+    Proceeding,
+    /// The INVITE was challenged (401/407); the caller may re-send it with credentials.
+    Challenged,
+    /// A 2xx arrived: the call is up.
+    Confirmed,
+}
+
+/// One call known to the proxy core.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// From tag of the initial INVITE: requests carrying it as From tag come from the caller.
+    pub caller_tag: String,
+    /// Source address of the initial INVITE.
+    pub caller_source: SocketAddr,
+    /// Signalling state.
+    pub state: DialogState,
+    /// Status of the challenge while `Challenged` (to report it if the call is given up).
+    pub challenge: Option<(u16, String)>,
+}

@@ -1,0 +1,455 @@
+//! Behaviour tests of the proxy core with virtual time: messages in, sends and events out.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const PHONE: &str = "198.51.100.7:5060";
+const PBX: &str = "192.0.2.5:5060";
+const US: &str = "192.0.2.10:5060";
+
+struct Anchor {
+    seen: Vec<(String, Party, Vec<u8>)>,
+}
+
+impl MediaAnchor for Anchor {
+    fn on_sdp(
+        &mut self,
+        call_id: &str,
+        party: Party,
+        body: &[u8],
+        _now: Instant,
+    ) -> Option<Vec<u8>> {
+        self.seen.push((call_id.to_string(), party, body.to_vec()));
+        Some(
+            format!(
+                "v=0\r\nc=IN IP4 192.0.2.10\r\nm=audio {} RTP/AVP 0\r\n",
+                if party == Party::Caller { 30002 } else { 30000 }
+            )
+            .into_bytes(),
+        )
+    }
+}
+
+struct Harness {
+    proxy: Proxy,
+    anchor: Anchor,
+    now: Instant,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            proxy: Proxy::new(
+                ProxyConfig {
+                    advertise: addr(US),
+                    local: vec![addr(US)],
+                    pbx: vec![addr(PBX)],
+                },
+                0xabc,
+            ),
+            anchor: Anchor { seen: Vec::new() },
+            now: Instant::now(),
+        }
+    }
+
+    fn input(&mut self, from: &str, text: &str) -> (Vec<(SocketAddr, String)>, Vec<CallEvent>) {
+        self.proxy
+            .handle_datagram(self.now, addr(from), text.as_bytes(), &mut self.anchor);
+        self.drain()
+    }
+
+    fn advance(&mut self, by: Duration) -> (Vec<(SocketAddr, String)>, Vec<CallEvent>) {
+        self.now += by;
+        self.proxy.handle_timeout(self.now);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> (Vec<(SocketAddr, String)>, Vec<CallEvent>) {
+        let mut sends = Vec::new();
+        let mut events = Vec::new();
+        while let Some(out) = self.proxy.poll_output() {
+            match out {
+                Output::Send { to, data } => sends.push((to, String::from_utf8(data).unwrap())),
+                Output::Event(e) => events.push(e),
+            }
+        }
+        (sends, events)
+    }
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+fn invite() -> String {
+    format!(
+        "INVITE sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\n\
+To: <sip:0295120000@192.0.2.10>\r\n\
+Call-ID: call-1@198.51.100.7\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:0401234567@198.51.100.7:5060>\r\n\
+P-Asserted-Identity: <sip:+358401234567@198.51.100.7>\r\n\
+X-Unknown-Header :  keep   me  exactly \r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    )
+}
+
+/// The forwarded request's top Via branch.
+fn top_branch(msg: &str) -> String {
+    let (m, _) = Message::parse(msg.as_bytes()).unwrap();
+    m.top_via().unwrap().branch.unwrap()
+}
+
+fn response(
+    req: &str,
+    code: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    extra: &str,
+    body: &str,
+) -> String {
+    let (m, _) = Message::parse(req.as_bytes()).unwrap();
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in m.header_all("Via") {
+        out.push_str(&format!("Via: {via}\r\n"));
+    }
+    for rr in m.header_all("Record-Route") {
+        out.push_str(&format!("Record-Route: {rr}\r\n"));
+    }
+    let to = m.header("To").unwrap();
+    match to_tag {
+        Some(tag) => out.push_str(&format!("To: {to};tag={tag}\r\n")),
+        None => out.push_str(&format!("To: {to}\r\n")),
+    }
+    out.push_str(&format!(
+        "From: {}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}",
+        m.header("From").unwrap(),
+        m.call_id().unwrap(),
+        m.header("CSeq").unwrap()
+    ));
+    if body.is_empty() {
+        out.push_str("Content-Length: 0\r\n\r\n");
+    } else {
+        out.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    }
+    out
+}
+
+/// Sends the INVITE and returns what went to the PBX.
+fn start_call(h: &mut Harness) -> String {
+    let (sends, events) = h.input(PHONE, &invite());
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(sends[0].1.starts_with("SIP/2.0 100 Trying\r\n"));
+    assert_eq!(sends[1].0, addr(PBX));
+    assert_eq!(events.len(), 1);
+    sends[1].1.clone()
+}
+
+#[test]
+fn initial_invite_goes_to_pbx_with_our_via_and_record_route_and_untouched_headers() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let lines: Vec<&str> = fwd.split("\r\n").collect();
+    assert_eq!(lines[0], "INVITE sip:0295120000@192.0.2.10 SIP/2.0");
+    let vias: Vec<&&str> = lines.iter().filter(|l| l.starts_with("Via:")).collect();
+    assert_eq!(vias.len(), 2, "{fwd}");
+    assert!(
+        vias[0].starts_with("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-rp"),
+        "{fwd}"
+    );
+    assert_eq!(
+        *vias[1],
+        "Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport"
+    );
+    assert!(fwd.contains("Max-Forwards: 69\r\n"));
+    assert!(fwd.contains("Record-Route: <sip:192.0.2.10:5060;lr>\r\n"));
+    for untouched in [
+        "From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\n",
+        "P-Asserted-Identity: <sip:+358401234567@198.51.100.7>\r\n",
+        "X-Unknown-Header :  keep   me  exactly \r\n",
+        "Contact: <sip:0401234567@198.51.100.7:5060>\r\n",
+    ] {
+        assert!(fwd.contains(untouched), "{untouched} in {fwd}");
+    }
+    // The SDP went through the anchor and the rewritten body (with its length) was forwarded.
+    assert_eq!(h.anchor.seen.len(), 1);
+    assert_eq!(h.anchor.seen[0].1, Party::Caller);
+    assert!(fwd.ends_with("m=audio 30002 RTP/AVP 0\r\n"));
+}
+
+#[test]
+fn invite_event_carries_the_numbers() {
+    let mut h = Harness::new();
+    let (_, events) = h.input(PHONE, &invite());
+    let CallEventKind::Invite(info) = &events[0].kind else {
+        panic!("{events:?}")
+    };
+    assert_eq!(events[0].call_id, "call-1@198.51.100.7");
+    assert_eq!(info.request_uri_user.as_deref(), Some("0295120000"));
+    assert_eq!(info.from_user.as_deref(), Some("0401234567"));
+    assert_eq!(info.asserted_user.as_deref(), Some("+358401234567"));
+    assert!(!info.from_pbx);
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed_and_answered_with_the_last_response() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let (sends, _) = h.input(PHONE, &invite());
+    assert_eq!(sends.len(), 1, "no forward, the 100 again: {sends:?}");
+    assert!(sends[0].1.starts_with("SIP/2.0 100 Trying\r\n"));
+    let ringing = response(&fwd, 180, "Ringing", Some("pbx1"), "", "");
+    let (sends, _) = h.input(PBX, &ringing);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(!sends[0].1.contains("z9hG4bK-rp"), "our Via is removed");
+    let (again, _) = h.input(PHONE, &invite());
+    assert_eq!(again, sends, "retransmission answered with the 180");
+    assert_eq!(h.proxy.stats().absorbed_retransmissions, 2);
+}
+
+#[test]
+fn answer_is_forwarded_anchored_and_reported() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let ok = response(
+        &fwd,
+        200,
+        "OK",
+        Some("pbx1"),
+        "Contact: <sip:pbx@192.0.2.5>\r\n",
+        SDP,
+    );
+    let (sends, events) = h.input(PBX, &ok);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(sends[0].1.starts_with(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\n"
+    ));
+    assert!(sends[0]
+        .1
+        .contains("Record-Route: <sip:192.0.2.10:5060;lr>\r\n"));
+    assert!(sends[0].1.ends_with("m=audio 30000 RTP/AVP 0\r\n"));
+    assert_eq!(h.anchor.seen[1].1, Party::Callee);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, CallEventKind::Answered);
+}
+
+#[test]
+fn in_dialog_requests_follow_route_and_bye_reports_who_hung_up() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let ok = response(
+        &fwd,
+        200,
+        "OK",
+        Some("pbx1"),
+        "Contact: <sip:pbx@192.0.2.5:5062>\r\n",
+        SDP,
+    );
+    h.input(PBX, &ok);
+    // The callee hangs up: BYE to the caller's Contact, through us.
+    let bye = "BYE sip:0401234567@198.51.100.7:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKbye1\r\n\
+Route: <sip:192.0.2.10:5060;lr>\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:0295120000@192.0.2.10>;tag=pbx1\r\n\
+To: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\n\
+Call-ID: call-1@198.51.100.7\r\n\
+CSeq: 1 BYE\r\n\
+Content-Length: 0\r\n\r\n";
+    let (sends, events) = h.input(PBX, bye);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(
+        !sends[0].1.contains("Route:"),
+        "our Route entry is consumed"
+    );
+    assert_eq!(events[0].kind, CallEventKind::Bye { by: Party::Callee });
+    let ok = response(&sends[0].1, 200, "OK", None, "", "");
+    let (sends, _) = h.input(PHONE, &ok);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PBX));
+}
+
+#[test]
+fn error_response_is_acked_hop_by_hop_and_reported() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let busy = response(&fwd, 486, "Busy Here", Some("pbx1"), "", "");
+    let (sends, events) = h.input(PBX, &busy);
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    let (ack_to, ack) = &sends[0];
+    assert_eq!(*ack_to, addr(PBX));
+    assert!(ack.starts_with("ACK sip:0295120000@192.0.2.10 SIP/2.0\r\n"));
+    assert_eq!(
+        top_branch(ack),
+        top_branch(&fwd),
+        "ACK for a non-2xx reuses the INVITE's branch"
+    );
+    assert!(ack.contains(";tag=pbx1"));
+    assert_eq!(sends[1].0, addr(PHONE));
+    assert!(sends[1].1.starts_with("SIP/2.0 486 Busy Here\r\n"));
+    assert_eq!(
+        events[0].kind,
+        CallEventKind::Failed {
+            code: 486,
+            reason: "Busy Here".into(),
+            cancelled: false
+        }
+    );
+    // The retransmitted 486 is ACKed again but not forwarded twice.
+    let (sends, _) = h.input(PBX, &busy);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PBX));
+    // The caller's ACK ends at the proxy.
+    let phone_ack = "ACK sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>;tag=pbx1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
+    let (sends, _) = h.input(PHONE, phone_ack);
+    assert!(sends.is_empty(), "{sends:?}");
+    // Timer G stops after the ACK: nothing is retransmitted later.
+    let (sends, _) = h.advance(Duration::from_secs(2));
+    assert!(sends.is_empty(), "{sends:?}");
+}
+
+#[test]
+fn cancel_is_answered_and_sent_on_with_the_invite_branch() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
+    let cancel = "CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    let (sends, _) = h.input(PHONE, cancel);
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(sends[0].1.starts_with("SIP/2.0 200 OK\r\n"));
+    assert_eq!(sends[1].0, addr(PBX));
+    assert!(sends[1]
+        .1
+        .starts_with("CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n"));
+    assert_eq!(top_branch(&sends[1].1), top_branch(&fwd));
+    // The PBX answers the CANCEL (absorbed) and ends the INVITE with 487.
+    let (sends2, _) = h.input(PBX, &response(&sends[1].1, 200, "OK", Some("pbx1"), "", ""));
+    assert!(sends2.is_empty(), "200 to our CANCEL is ours: {sends2:?}");
+    let (sends, events) = h.input(
+        PBX,
+        &response(&fwd, 487, "Request Terminated", Some("pbx1"), "", ""),
+    );
+    assert_eq!(sends.len(), 2);
+    assert!(sends[1].1.starts_with("SIP/2.0 487 Request Terminated\r\n"));
+    assert_eq!(
+        events[0].kind,
+        CallEventKind::Failed {
+            code: 487,
+            reason: "Request Terminated".into(),
+            cancelled: true
+        }
+    );
+}
+
+#[test]
+fn unanswered_invite_is_retransmitted_then_times_out_with_408() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    // Timer A: 0.5 s, 1 s, 2 s, ... until Timer B at 32 s.
+    let mut retransmits = 0;
+    let mut t = Duration::ZERO;
+    let mut timed_out = None;
+    while t < Duration::from_secs(33) {
+        let (sends, events) = h.advance(Duration::from_millis(250));
+        t += Duration::from_millis(250);
+        for (to, data) in &sends {
+            if *to == addr(PBX) {
+                assert_eq!(data, &fwd);
+                retransmits += 1;
+            } else {
+                assert!(
+                    data.starts_with("SIP/2.0 408 Request Timeout\r\n"),
+                    "{data}"
+                );
+            }
+        }
+        if !events.is_empty() {
+            timed_out = Some((t, events));
+        }
+    }
+    assert_eq!(retransmits, 6, "0.5+1+2+4+8+16 s");
+    let (at, events) = timed_out.expect("timeout reported");
+    assert!(at >= Duration::from_secs(32) && at <= Duration::from_millis(32_250));
+    assert!(matches!(
+        events[0].kind,
+        CallEventKind::Failed { code: 408, .. }
+    ));
+    // Everything is forgotten eventually: no leak.
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.proxy.sizes(), (0, 0, 0));
+}
+
+#[test]
+fn zero_max_forwards_gets_483_and_malformed_requests_get_400() {
+    let mut h = Harness::new();
+    let (sends, events) = h.input(
+        PHONE,
+        &invite().replace("Max-Forwards: 70", "Max-Forwards: 0"),
+    );
+    assert_eq!(sends.len(), 1);
+    assert!(
+        sends[0].1.starts_with("SIP/2.0 483 Too Many Hops\r\n"),
+        "{sends:?}"
+    );
+    assert!(events.is_empty());
+    let (sends, _) = h.input(
+        PHONE,
+        &invite().replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS"),
+    );
+    assert_eq!(sends.len(), 1);
+    assert!(sends[0].1.starts_with("SIP/2.0 400 "), "{sends:?}");
+    let (sends, _) = h.input(PHONE, "garbage\r\n\r\n");
+    assert!(sends.is_empty());
+    assert_eq!(h.proxy.stats().unparsable, 1);
+}
+
+#[test]
+fn completed_call_leaves_no_state_behind() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    h.input(
+        PBX,
+        &response(
+            &fwd,
+            200,
+            "OK",
+            Some("pbx1"),
+            "Contact: <sip:pbx@192.0.2.5>\r\n",
+            SDP,
+        ),
+    );
+    let bye = "BYE sip:pbx@192.0.2.5 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye2;rport\r\nRoute: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>;tag=pbx1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let (sends, events) = h.input(PHONE, bye);
+    assert_eq!(sends[0].0, addr(PBX));
+    assert_eq!(events[0].kind, CallEventKind::Bye { by: Party::Caller });
+    h.input(PBX, &response(&sends[0].1, 200, "OK", Some("pbx1"), "", ""));
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.proxy.sizes(), (0, 0, 0));
+    assert_eq!(h.proxy.poll_timeout(), None);
+}

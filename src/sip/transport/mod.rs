@@ -1,0 +1,209 @@
+//! SIP transport and the driver loop: binds the UDP listen sockets, feeds every datagram and every
+//! timer expiry into the sans-IO proxy core, executes its outputs (sends, call events to the
+//! registry), and relays media and recorder reports. No protocol decisions are taken here.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::call::registry::CallRegistry;
+use crate::media::relay::RelayEvent;
+use crate::record::recorder::RecorderEvent;
+use crate::sip::proxy::{Output, Proxy};
+
+/// Datagrams waiting between the socket readers and the core.
+const INBOUND_QUEUE: usize = 4096;
+
+/// Error starting the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on udp:{addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Bound SIP sockets.
+pub struct SipSockets {
+    sockets: Vec<Arc<UdpSocket>>,
+}
+
+impl SipSockets {
+    /// Binds every UDP listen address.
+    pub async fn bind(addrs: &[SocketAddr]) -> Result<SipSockets, TransportError> {
+        let mut sockets = Vec::new();
+        for &addr in addrs {
+            let socket = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| TransportError::Bind { addr, source })?;
+            sockets.push(Arc::new(socket));
+        }
+        Ok(SipSockets { sockets })
+    }
+
+    /// The addresses actually bound (ephemeral ports resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Leak-check figures of a running daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Datagrams over the size limit, dropped.
+    pub oversized: u64,
+}
+
+/// The driver: owns the core, the registry and the sockets.
+pub struct Driver {
+    sockets: SipSockets,
+    proxy: Proxy,
+    registry: CallRegistry,
+    relay_events: mpsc::UnboundedReceiver<RelayEvent>,
+    recorder_events: mpsc::UnboundedReceiver<RecorderEvent>,
+    max_message_size: usize,
+    stats: DriverStats,
+}
+
+impl Driver {
+    /// Assembles a driver.
+    pub fn new(
+        sockets: SipSockets,
+        proxy: Proxy,
+        registry: CallRegistry,
+        relay_events: mpsc::UnboundedReceiver<RelayEvent>,
+        recorder_events: mpsc::UnboundedReceiver<RecorderEvent>,
+        max_message_size: usize,
+    ) -> Driver {
+        Driver {
+            sockets,
+            proxy,
+            registry,
+            relay_events,
+            recorder_events,
+            max_message_size,
+            stats: DriverStats::default(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then ends every call (recordings finalised with end
+    /// reason `shutdown`) and waits for the recorder to finish writing.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let (tx, mut inbound) = mpsc::channel::<(SocketAddr, Vec<u8>)>(INBOUND_QUEUE);
+        let mut readers = Vec::new();
+        for socket in &self.sockets.sockets {
+            readers.push(tokio::spawn(read_loop(
+                Arc::clone(socket),
+                tx.clone(),
+                self.max_message_size,
+            )));
+        }
+        drop(tx);
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = self
+                .proxy
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                got = inbound.recv() => {
+                    let Some((from, data)) = got else { break };
+                    if data.len() > self.max_message_size {
+                        self.stats.oversized += 1;
+                        tracing::warn!(%from, len = data.len(), "dropping SIP message over the size limit");
+                        continue;
+                    }
+                    self.proxy.handle_datagram(Instant::now(), from, &data, &mut self.registry);
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    self.proxy.handle_timeout(Instant::now());
+                }
+                Some(event) = self.relay_events.recv() => {
+                    if let Some(call_id) = self.registry.on_relay_event(event, Instant::now()) {
+                        self.proxy.forget_call(&call_id);
+                    }
+                }
+                Some(event) = self.recorder_events.recv() => {
+                    match event {
+                        RecorderEvent::Finalised { call_id, recording_id, state } =>
+                            tracing::info!(%call_id, %recording_id, ?state, "recording finalised"),
+                        RecorderEvent::Failed { recording_id, error } =>
+                            tracing::error!(%recording_id, %error, "recording write failed"),
+                    }
+                }
+                () = &mut shutdown => {
+                    tracing::info!("shutting down: finalising active calls");
+                    break;
+                }
+            }
+            self.execute().await;
+        }
+        for reader in readers {
+            reader.abort();
+        }
+        let registry = self.registry;
+        let now = Instant::now();
+        // The recorder joins its thread; keep that off the async workers.
+        let _ = tokio::task::spawn_blocking(move || registry.shutdown(now)).await;
+    }
+
+    /// Executes everything the core has queued.
+    async fn execute(&mut self) {
+        while let Some(output) = self.proxy.poll_output() {
+            match output {
+                Output::Send { to, data } => {
+                    let Some(socket) = self.socket_for(to) else {
+                        tracing::warn!(%to, "no SIP socket of that address family");
+                        continue;
+                    };
+                    if let Err(e) = socket.send_to(&data, to).await {
+                        tracing::warn!(%to, error = %e, "SIP send failed");
+                    }
+                }
+                Output::Event(event) => self.registry.on_event(event),
+            }
+        }
+    }
+
+    fn socket_for(&self, to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        self.sockets
+            .sockets
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4()))
+    }
+}
+
+async fn read_loop(
+    socket: Arc<UdpSocket>,
+    tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    max_message_size: usize,
+) {
+    // One byte more than the limit tells an oversized datagram from one that fits exactly.
+    let mut buf = vec![0u8; max_message_size.max(1) + 1];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((len, from)) => {
+                let Some(data) = buf.get(..len) else { continue };
+                if tx.send((from, data.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // ICMP port unreachable from an earlier send shows up here on Linux; it concerns
+                // one peer, not the socket.
+                tracing::debug!(error = %e, "SIP receive error");
+            }
+        }
+    }
+}
