@@ -225,7 +225,13 @@ impl Proxy {
             Ok((msg, _consumed)) => msg,
             Err(err) => {
                 self.stats.unparsable += 1;
-                tracing::warn!(%from, error = %err, "dropping unparsable SIP datagram");
+                // A request whose head is readable (broken Content-Length, RFC 4475 §3.1.2.2
+                // and §3.1.2.3) still gets its 400.
+                if let Some(head) = head_for_reply(data) {
+                    self.reject(from, &head, 400, "Bad Request", &err);
+                } else {
+                    tracing::warn!(%from, error = %err, "dropping unparsable SIP datagram");
+                }
                 return;
             }
         };
@@ -258,13 +264,44 @@ impl Proxy {
     ) {
         if let Err(invalid) = req.validate() {
             let (code, reason) = reject_status(&invalid);
-            tracing::warn!(%from, error = %invalid, code, "rejecting malformed request");
-            self.reply(from, &req, code, reason);
+            self.reject(from, &req, code, reason, &invalid);
             return;
         }
         let method = req.method().unwrap_or_default().to_string();
+        // RFC 3261 §16.3 step 1: a Request-URI scheme we cannot route is refused.
+        let scheme_ok = req
+            .request_uri()
+            .and_then(|u| u.split(':').next())
+            .is_some_and(|s| ["sip", "sips", "tel"].contains(&s.to_ascii_lowercase().as_str()));
+        if !scheme_ok {
+            self.reject(
+                from,
+                &req,
+                416,
+                "Unsupported URI Scheme",
+                &"Request-URI scheme",
+            );
+            return;
+        }
+        // §16.3 step 5: this proxy supports no extension a Proxy-Require can name.
+        let required: Vec<String> = req
+            .values("Proxy-Require")
+            .iter()
+            .map(|v| v.trim().to_string())
+            .collect();
+        if !required.is_empty() && method != "ACK" && method != "CANCEL" {
+            let mut resp = make_response(&req, 420, "Bad Extension", None);
+            resp.append_header("Unsupported", &required.join(", "));
+            self.stats.rejected_requests += 1;
+            tracing::warn!(%from, code = 420, call_id = req.call_id().unwrap_or_default(), reason = %required.join(", "), "rejecting request: Proxy-Require");
+            self.out.push_back(Output::Send {
+                to: from,
+                data: resp.to_bytes(),
+            });
+            return;
+        }
         let Some(key) = server_key(&req) else {
-            self.reply(from, &req, 400, "Bad Request");
+            self.reject(from, &req, 400, "Bad Request", &"no usable Via or CSeq");
             return;
         };
         if method == "ACK" {
@@ -289,7 +326,7 @@ impl Proxy {
         // RFC 3261 §16.3 step 3 and §16.6 step 3.
         match req.max_forwards() {
             Some(0) => {
-                self.reply(from, &req, 483, "Too Many Hops");
+                self.reject(from, &req, 483, "Too Many Hops", &"Max-Forwards is 0");
                 return;
             }
             Some(n) => req.set_header("Max-Forwards", &(n - 1).to_string()),
@@ -312,8 +349,7 @@ impl Proxy {
         let dest = match self.route(from, &mut req) {
             Ok(dest) => dest,
             Err(err) => {
-                tracing::warn!(%from, %call_id, error = %err, "cannot route request");
-                self.reply(from, &req, 502, "Bad Gateway");
+                self.reject(from, &req, 502, "Bad Gateway", &err);
                 self.drop_unrouted_call(&call_id, initial && invite);
                 return;
             }
@@ -493,7 +529,13 @@ impl Proxy {
             ..key
         };
         let Some(txn) = self.server.get_mut(&invite_key) else {
-            self.reply(from, req, 481, "Call/Transaction Does Not Exist");
+            self.reject(
+                from,
+                req,
+                481,
+                "Call/Transaction Does Not Exist",
+                &"CANCEL matches no INVITE",
+            );
             return;
         };
         txn.cancelled = true;
@@ -854,11 +896,24 @@ impl Proxy {
         }));
     }
 
+    /// Answers a request the proxy refuses, logging it once with its source and why.
+    fn reject(
+        &mut self,
+        from: SocketAddr,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        why: &dyn std::fmt::Display,
+    ) {
+        tracing::warn!(%from, code, call_id = req.call_id().unwrap_or_default(), reason = %why, "rejecting request");
+        self.stats.rejected_requests += 1;
+        self.reply(from, req, code, reason);
+    }
+
     fn reply(&mut self, to: SocketAddr, req: &Message, code: u16, reason: &str) {
         if req.method() == Some("ACK") {
             return;
         }
-        self.stats.rejected_requests += u64::from(code >= 300);
         let resp = make_response(req, code, reason, None);
         self.out.push_back(Output::Send {
             to,
@@ -898,8 +953,7 @@ impl Proxy {
     }
 
     /// Decides the next hop (RFC 3261 §16.4-§16.6): strips our own Route entry, follows the
-    /// next Route (loose routing), else the Request-URI for the PBX's requests and in-dialog
-    /// requests, else the PBX.
+    /// next Route (loose routing), else the Request-URI for the PBX's own requests, else the PBX.
     fn route(&self, from: SocketAddr, req: &mut Message) -> Result<SocketAddr, RouteError> {
         // A strict-routing previous hop put our Record-Route into the Request-URI (§16.4).
         if req.request_uri().is_some_and(|u| self.is_local_uri(u)) {
@@ -922,9 +976,9 @@ impl Proxy {
             let na = parse_name_addr(first).map_err(|_| RouteError::BadUri(first.to_string()))?;
             return uri_destination(&na.uri);
         }
-        let from_pbx = self.cfg.pbx.contains(&from);
-        let in_dialog = req.to_tag().is_some();
-        if from_pbx || in_dialog {
+        // Everything from the phone side goes to the PBX (which anchors every dialog); only the
+        // PBX's own requests are routed by their Request-URI.
+        if self.cfg.pbx.contains(&from) {
             let uri = req.request_uri().unwrap_or_default().to_string();
             let dest = uri_destination(&uri)?;
             if !self.is_local(dest) {
@@ -964,24 +1018,24 @@ fn server_key(req: &Message) -> Option<ServerKey> {
         Some(p) => format!("{}:{p}", via.host),
         None => via.host.clone(),
     };
+    let (cseq, _) = req.cseq()?;
+    let call_id = req.call_id().unwrap_or_default().to_string();
     let branch = match via.branch {
         Some(b) if b.starts_with("z9hG4bK") => b,
         // RFC 2543 peers: match on the request's identifying fields instead (§17.2.3).
-        _ => {
-            let (cseq, _) = req.cseq()?;
-            format!(
-                "2543:{}:{}:{}:{}",
-                req.call_id().unwrap_or_default(),
-                cseq,
-                req.from_tag().unwrap_or_default(),
-                req.request_uri().unwrap_or_default()
-            )
-        }
+        _ => format!(
+            "2543:{}:{}",
+            req.from_tag().unwrap_or_default(),
+            req.request_uri().unwrap_or_default()
+        ),
     };
     Some(ServerKey {
         branch,
         sent_by,
         method,
+        call_id,
+        cseq,
+        request_uri: req.request_uri().unwrap_or_default().to_string(),
     })
 }
 
@@ -1036,6 +1090,28 @@ fn build_hop_request(invite: &Message, method: &str, to: Option<&str>) -> Messag
         Ok((m, _)) => m,
         Err(_) => invite.clone(),
     }
+}
+
+/// For a datagram that does not parse because of its body framing: the request head alone
+/// (Content-Length lines dropped), if that is a request we can answer.
+fn head_for_reply(data: &[u8]) -> Option<Message> {
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .or_else(|| data.windows(2).position(|w| w == b"\n\n").map(|i| i + 1))?;
+    let mut head = Vec::with_capacity(end + 2);
+    for line in data.get(..end)?.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+        if name == "content-length" || name == "l" {
+            continue;
+        }
+        head.extend_from_slice(line);
+    }
+    head.extend_from_slice(b"\r\n");
+    let (msg, _) = Message::parse(&head).ok()?;
+    (msg.is_request() && msg.can_reply()).then_some(msg)
 }
 
 /// The request as it came in (our Via removed), to build a response to send upstream.

@@ -29,6 +29,14 @@ pub struct ServerKey {
     pub sent_by: String,
     /// Request method, INVITE for ACK.
     pub method: String,
+    /// Call-ID and CSeq number: a true retransmission (and the ACK or CANCEL of an INVITE)
+    /// always repeats them, while some user agents reuse a branch for unrelated requests.
+    pub call_id: String,
+    /// CSeq number.
+    pub cseq: u32,
+    /// Request-URI, which retransmissions, CANCEL and the non-2xx ACK repeat exactly
+    /// (RFC 3261 §9.1, §17.1.1.3).
+    pub request_uri: String,
 }
 
 /// Identifies a client transaction: our own branch plus the method (§17.1.3), so a CANCEL we
