@@ -205,10 +205,10 @@ impl Relay {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (party, kind) = tokio::select! {
-                r = self.sockets[0].rtp.readable() => { if r.is_err() { break } (Party::Caller, Kind::Rtp) }
-                r = self.sockets[1].rtp.readable() => { if r.is_err() { break } (Party::Callee, Kind::Rtp) }
-                r = self.sockets[0].rtcp.readable() => { if r.is_err() { break } (Party::Caller, Kind::Rtcp) }
-                r = self.sockets[1].rtcp.readable() => { if r.is_err() { break } (Party::Callee, Kind::Rtcp) }
+                // Control first: a tap or address change sent before a packet arrived must
+                // apply to that packet (the 200 OK that starts a recording is forwarded only
+                // after its Tap message was queued).
+                biased;
                 msg = ctl.recv() => {
                     match msg {
                         Some(msg) => self.apply(msg),
@@ -217,6 +217,10 @@ impl Relay {
                     }
                     continue;
                 }
+                r = self.sockets[0].rtp.readable() => { if r.is_err() { break } (Party::Caller, Kind::Rtp) }
+                r = self.sockets[1].rtp.readable() => { if r.is_err() { break } (Party::Callee, Kind::Rtp) }
+                r = self.sockets[0].rtcp.readable() => { if r.is_err() { break } (Party::Caller, Kind::Rtcp) }
+                r = self.sockets[1].rtcp.readable() => { if r.is_err() { break } (Party::Callee, Kind::Rtcp) }
                 _ = check.tick() => {
                     if let Some(armed) = self.armed_at {
                         let idle_since = self.last_packet.max(armed);
@@ -300,22 +304,14 @@ impl Relay {
             Kind::Rtp => (&to_side.rtp, to_side.rtp_dest),
             Kind::Rtcp => (&to_side.rtcp, to_side.rtcp_dest),
         };
-        let Some(out_dest) = out_dest else {
-            counters.undeliverable.fetch_add(1, Ordering::Relaxed);
-            return;
+        let sent = out_dest.is_some_and(|to| out_socket.try_send_to(packet, to).is_ok());
+        match (sent, kind) {
+            (true, Kind::Rtp) => counters.rtp_forwarded.fetch_add(1, Ordering::Relaxed),
+            (true, Kind::Rtcp) => counters.rtcp_forwarded.fetch_add(1, Ordering::Relaxed),
+            (false, _) => counters.undeliverable.fetch_add(1, Ordering::Relaxed),
         };
-        match out_socket.try_send_to(packet, out_dest) {
-            Ok(_) => {
-                match kind {
-                    Kind::Rtp => counters.rtp_forwarded.fetch_add(1, Ordering::Relaxed),
-                    Kind::Rtcp => counters.rtcp_forwarded.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-            Err(_) => {
-                counters.undeliverable.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        // The recorder gets its copy only after the packet is on its way.
+        // The recorder gets its copy only after the packet is on its way; a packet with nowhere
+        // to go yet is still what the party said, so it is recorded too.
         if let (Kind::Rtp, Some(tap)) = (kind, &self.tap) {
             tap.offer(from, arrival, packet);
         }

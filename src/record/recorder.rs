@@ -3,7 +3,7 @@
 //! queue and by commands from the call registry. It never touches the relay: a slow disk only
 //! fills the tap queue, whose overflow is counted as a gap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
@@ -131,6 +131,7 @@ impl Recorder {
                     events,
                     pcm: Vec::with_capacity(2048),
                     out: Vec::with_capacity(16_384),
+                    deferred: VecDeque::new(),
                 };
                 worker.run(&command_rx, &tap_rx);
             })?;
@@ -184,6 +185,8 @@ struct Worker {
     events: tokio::sync::mpsc::UnboundedSender<RecorderEvent>,
     pcm: Vec<i16>,
     out: Vec<i16>,
+    /// Commands read early while looking for a `Start` (see `pump_starts`), run next in order.
+    deferred: VecDeque<Command>,
 }
 
 fn side(party: Party) -> Side {
@@ -205,19 +208,23 @@ impl Worker {
         let mut last_tick = Instant::now();
         loop {
             loop {
-                match commands.try_recv() {
+                let next = match self.deferred.pop_front() {
+                    Some(cmd) => Ok(cmd),
+                    None => commands.try_recv(),
+                };
+                match next {
                     Ok(Command::Shutdown) => return self.abandon_all("shutdown"),
-                    Ok(cmd) => self.command(cmd, tap),
+                    Ok(cmd) => self.command(cmd, commands, tap),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return self.abandon_all("daemon stopped"),
                 }
             }
             match tap.recv_timeout(TICK) {
                 Ok(pkt) => {
-                    self.packet(&pkt);
+                    self.packet(&pkt, commands);
                     for _ in 0..PACKET_BATCH {
                         match tap.try_recv() {
-                            Ok(pkt) => self.packet(&pkt),
+                            Ok(pkt) => self.packet(&pkt, commands),
                             Err(_) => break,
                         }
                     }
@@ -232,7 +239,7 @@ impl Worker {
         }
     }
 
-    fn command(&mut self, cmd: Command, tap: &Receiver<TapPacket>) {
+    fn command(&mut self, cmd: Command, commands: &Receiver<Command>, tap: &Receiver<TapPacket>) {
         match cmd {
             Command::Start(start) => self.open(*start),
             Command::Codecs { slot, codecs } => {
@@ -248,7 +255,7 @@ impl Worker {
             } => {
                 // Packets of this call still queued belong in the file.
                 while let Ok(pkt) = tap.try_recv() {
-                    self.packet(&pkt);
+                    self.packet(&pkt, commands);
                 }
                 self.close(slot, end, *record, tap_drops);
             }
@@ -306,7 +313,22 @@ impl Worker {
         }
     }
 
-    fn packet(&mut self, pkt: &TapPacket) {
+    /// The registry queues a recording's `Start` before it sets the tap, but the two travel on
+    /// different channels: a packet of a new recording can be dequeued before its `Start`.
+    /// Runs every queued `Start` now; other commands keep their order in `deferred`.
+    fn pump_starts(&mut self, commands: &Receiver<Command>) {
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Start(start) => self.open(*start),
+                other => self.deferred.push_back(other),
+            }
+        }
+    }
+
+    fn packet(&mut self, pkt: &TapPacket, commands: &Receiver<Command>) {
+        if !self.active.contains_key(&pkt.slot) && !self.failed.contains_key(&pkt.slot) {
+            self.pump_starts(commands);
+        }
         let Some(active) = self.active.get_mut(&pkt.slot) else {
             return;
         };

@@ -152,6 +152,15 @@ impl Driver {
         for reader in readers {
             reader.abort();
         }
+        let (server_txns, client_txns, dialogs) = self.proxy.sizes();
+        tracing::info!(
+            active_calls = self.registry.active_calls(),
+            media_port_pairs = self.registry.ports_in_use(),
+            server_txns,
+            client_txns,
+            dialogs,
+            "state at shutdown"
+        );
         let registry = self.registry;
         let now = Instant::now();
         // The recorder joins its thread; keep that off the async workers.

@@ -1,0 +1,174 @@
+//! Media timeout through the real daemon, with raw sockets on both sides so the test decides
+//! exactly when media stops: the recording ends `media_timeout` after the configured quiet time,
+//! the ports are freed, and the call's signalling still passes afterwards.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use recproxy::codec::Codec;
+use recproxy::demo::tone::Tone;
+use recproxy::media::rtp::{write_header, RtpHeader};
+use recproxy::sdp::Sdp;
+use recproxy::sip::msg::Message;
+use support::{dominance, write_config, Daemon, Wav};
+
+fn sdp(port: u16) -> String {
+    format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+}
+
+/// Waits for a SIP message matching `pred` on `sock`.
+fn recv_sip(sock: &UdpSocket, pred: impl Fn(&Message) -> bool) -> Message {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 65536];
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Ok((m, _)) = Message::parse(&buf[..n]) {
+                if pred(&m) {
+                    return m;
+                }
+            }
+        }
+    }
+    panic!("expected SIP message did not arrive");
+}
+
+/// The proxy's media address for us, from an SDP body it rewrote.
+fn media_addr(body: &[u8]) -> SocketAddr {
+    let view = &Sdp::parse(body).unwrap().media()[0];
+    SocketAddr::new(view.connection.unwrap(), view.port)
+}
+
+/// Sends `n` 20 ms PCMU packets of `hz` from `sock` to `to`, paced in real time.
+fn play(sock: &UdpSocket, to: SocketAddr, hz: f64, n: u16, ssrc: u32) {
+    let mut tone = Tone::new(hz, 8000, 8000);
+    let mut pcm = [0i16; 160];
+    let start = Instant::now();
+    for i in 0..n {
+        tone.fill(&mut pcm);
+        let mut payload = Vec::with_capacity(160);
+        Codec::Pcmu.encode(&pcm, &mut payload);
+        let mut head = [0u8; 12];
+        write_header(
+            &RtpHeader {
+                marker: i == 0,
+                payload_type: 0,
+                seq: 1000 + i,
+                timestamp: 160 * u32::from(i),
+                ssrc,
+            },
+            &mut head,
+        );
+        let mut pkt = head.to_vec();
+        pkt.extend_from_slice(&payload);
+        sock.send_to(&pkt, to).unwrap();
+        let next = start + Duration::from_millis(20 * (u64::from(i) + 1));
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}
+
+#[test]
+fn silence_in_both_directions_ends_the_recording_with_media_timeout_and_frees_the_ports() {
+    let root = tempfile::tempdir().unwrap();
+    let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = write_config(root.path(), pbx.local_addr().unwrap(), (42800, 42899), "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("timeout = \"10s\"", "timeout = \"1s\"");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config);
+    let proxy = daemon.sip;
+    let me = phone.local_addr().unwrap();
+
+    let offer = sdp(phone_rtp.local_addr().unwrap().port());
+    let invite = format!(
+        "INVITE sip:0295120000@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmt1;rport\r\nMax-Forwards: 70\r\n\
+From: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>\r\nCall-ID: media-timeout-1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:0401234567@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        offer.len()
+    );
+    phone.send_to(invite.as_bytes(), proxy).unwrap();
+
+    // The PBX side answers by hand.
+    let inv = recv_sip(&pbx, |m| m.method() == Some("INVITE"));
+    let to_pbx_media = media_addr(inv.body());
+    let answer = sdp(pbx_rtp.local_addr().unwrap().port());
+    let pbx_addr = pbx.local_addr().unwrap();
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for via in inv.header_all("Via") {
+        ok.push_str(&format!("Via: {via}\r\n"));
+    }
+    for rr in inv.header_all("Record-Route") {
+        ok.push_str(&format!("Record-Route: {rr}\r\n"));
+    }
+    ok.push_str(&format!(
+        "From: {}\r\nTo: {};tag=b1\r\nCall-ID: media-timeout-1\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{pbx_addr}>\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        inv.header("From").unwrap(),
+        inv.header("To").unwrap(),
+        answer.len()
+    ));
+    pbx.send_to(ok.as_bytes(), proxy).unwrap();
+    let ok = recv_sip(&phone, |m| m.status() == Some(200));
+    let to_phone_media = media_addr(ok.body());
+    let rr = ok.header("Record-Route").unwrap().to_string();
+    let ack = format!(
+        "ACK sip:pbx@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmt2;rport\r\nRoute: {rr}\r\nMax-Forwards: 70\r\n\
+From: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>;tag=b1\r\nCall-ID: media-timeout-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send_to(ack.as_bytes(), proxy).unwrap();
+    recv_sip(&pbx, |m| m.method() == Some("ACK"));
+
+    // Half a second of media both ways, then silence on both sides.
+    let callee = std::thread::spawn(move || play(&pbx_rtp, to_pbx_media, 1000.0, 25, 2));
+    play(&phone_rtp, to_phone_media, 440.0, 25, 1);
+    callee.join().unwrap();
+    let quiet_from = Instant::now();
+
+    let (_, v) = daemon.final_sidecar("media-timeout-1");
+    let waited = quiet_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "ended after {waited:?} of silence"
+    );
+    assert_eq!(v["state"], "complete");
+    assert_eq!(v["end_reason"], "media_timeout");
+    assert_eq!(v["ended_by"], "media_timeout");
+    assert_eq!(v["legs"]["caller"]["packets"], 25);
+    assert_eq!(v["legs"]["callee"]["packets"], 25);
+    let wav = Wav::read(std::path::Path::new(v["wav"]["path"].as_str().unwrap()));
+    // 0.5 s of tones plus 1 s (up to 1.5 s with the check interval) of silence.
+    assert!(
+        wav.duration_ms() >= 1400 && wav.duration_ms() <= 2600,
+        "{} ms",
+        wav.duration_ms()
+    );
+    assert!(dominance(&wav.left[..4000], 8000, 440.0, &[1000.0]) > 50.0);
+    assert!(dominance(&wav.right[..4000], 8000, 1000.0, &[440.0]) > 50.0);
+
+    // The dialog's signalling still passes: the caller's BYE reaches the PBX by its Route.
+    let bye = format!(
+        "BYE sip:pbx@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmt3;rport\r\nRoute: {rr}\r\nMax-Forwards: 70\r\n\
+From: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>;tag=b1\r\nCall-ID: media-timeout-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send_to(bye.as_bytes(), proxy).unwrap();
+    recv_sip(&pbx, |m| m.method() == Some("BYE"));
+
+    // Nothing is left: no call, no media ports.
+    assert!(daemon.signal(libc::SIGTERM).success());
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("state at shutdown"))
+        .expect("shutdown state logged");
+    assert!(
+        line.contains("active_calls=0") && line.contains("media_port_pairs=0"),
+        "{line}"
+    );
+}
