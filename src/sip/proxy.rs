@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use crate::sip::dialog::{Dialog, DialogState};
 use crate::sip::msg::{self, make_response, parse_name_addr, parse_uri, Message};
-use crate::sip::txn::{ClientKey, ClientTxn, ServerKey, ServerTxn, Timer, T1, T2, T4, TIMEOUT};
+use crate::sip::txn::{
+    ClientKey, ClientTxn, ServerKey, ServerTxn, Timer, T1, T2, T4, TIMEOUT, TIMER_C,
+};
 
 /// Prefix of every branch this proxy generates: the RFC 3261 magic cookie plus our mark, so that
 /// responses carrying our Via are recognised even after a restart.
@@ -413,6 +415,7 @@ impl Proxy {
                 initial_invite: invite && initial,
                 ack: None,
                 own: false,
+                timer_c: None,
             },
         );
         self.schedule(now + T1, Timer::ClientRetransmit(ckey.clone()));
@@ -545,19 +548,29 @@ impl Proxy {
         if !pending {
             return;
         }
-        let Some(ckey) = client else { return };
-        let Some(ctxn) = self.client.get(&ckey) else {
+        if let Some(ckey) = client {
+            self.cancel_branch(now, &ckey);
+        }
+    }
+
+    /// Sends CANCEL for a pending INVITE client transaction (same branch, RFC 3261 §9.1), as
+    /// its own client transaction whose responses end here.
+    fn cancel_branch(&mut self, now: Instant, ckey: &ClientKey) {
+        let Some(ctxn) = self.client.get(ckey) else {
             return;
         };
         if ctxn.final_status.is_some() {
             return;
         }
-        let cancel = build_hop_request(&ctxn.request, "CANCEL", None);
-        let dest = ctxn.dest;
         let cancel_key = ClientKey {
             branch: ckey.branch.clone(),
             method: "CANCEL".into(),
         };
+        if self.client.contains_key(&cancel_key) {
+            return;
+        }
+        let cancel = build_hop_request(&ctxn.request, "CANCEL", None);
+        let dest = ctxn.dest;
         let bytes = cancel.to_bytes();
         self.out.push_back(Output::Send {
             to: dest,
@@ -580,6 +593,7 @@ impl Proxy {
                 initial_invite: false,
                 ack: None,
                 own: true,
+                timer_c: None,
             },
         );
         self.schedule(now + T1, Timer::ClientRetransmit(cancel_key.clone()));
@@ -632,10 +646,23 @@ impl Proxy {
         let invite = ctxn.invite;
         let first_final = status >= 200 && ctxn.final_status.is_none();
         let mut cleanup_at = None;
+        let mut timer_c_at = None;
         if status < 200 {
             ctxn.provisional = true;
+            if invite && status > 100 {
+                // Timer C (§16.8) restarts with every provisional other than 100.
+                let at = now + TIMER_C;
+                ctxn.timer_c = Some(at);
+                timer_c_at = Some(at);
+            }
             if status == 100 {
                 // 100 Trying is hop by hop (§16.7 step 5).
+                if invite {
+                    // Timer C also starts when the INVITE is answered only by a 100.
+                    let at = now + TIMER_C;
+                    ctxn.timer_c.get_or_insert(at);
+                    self.schedule(at, Timer::TimerC(ckey));
+                }
                 return;
             }
         } else if first_final {
@@ -663,6 +690,9 @@ impl Proxy {
             return;
         }
         let server_key = ctxn.server.clone();
+        if let Some(at) = timer_c_at {
+            self.schedule(at, Timer::TimerC(ckey.clone()));
+        }
         if let Some(at) = cleanup_at {
             self.schedule(at, Timer::ClientCleanup(ckey));
         }
@@ -786,7 +816,8 @@ impl Proxy {
                 let Some(txn) = self.client.get(&key) else {
                     return;
                 };
-                if txn.final_status.is_some() {
+                // Timer B ends with the first provisional (§17.1.1.2); Timer C takes over.
+                if txn.final_status.is_some() || (txn.invite && txn.provisional) {
                     return;
                 }
                 let Some(txn) = self.client.remove(&key) else {
@@ -831,6 +862,17 @@ impl Proxy {
                             cancelled: false,
                         },
                     );
+                }
+            }
+            Timer::TimerC(key) => {
+                // No final response long after the last provisional: cancel the branch; its 487
+                // goes upstream as the final response (§16.8).
+                let due = self.client.get(&key).is_some_and(|t| {
+                    t.final_status.is_none() && t.timer_c.is_some_and(|at| at <= now)
+                });
+                if due {
+                    tracing::info!(branch = %key.branch, "Timer C fired: cancelling the unanswered INVITE");
+                    self.cancel_branch(now, &key);
                 }
             }
             Timer::ClientCleanup(key) => {

@@ -453,3 +453,72 @@ Call-ID: call-1@198.51.100.7\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(h.proxy.sizes(), (0, 0, 0));
     assert_eq!(h.proxy.poll_timeout(), None);
 }
+
+#[test]
+fn ringing_call_is_not_timed_out_by_timer_b_and_timer_c_cancels_it_after_three_minutes() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
+    // Ringing for two minutes: no 408, no retransmission, no event.
+    for _ in 0..120 {
+        let (sends, events) = h.advance(Duration::from_secs(1));
+        assert!(
+            sends.is_empty() && events.is_empty(),
+            "{sends:?} {events:?}"
+        );
+    }
+    // Still ringing, a later 180 restarts Timer C.
+    h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
+    let mut cancel = None;
+    for second in 1..=200 {
+        let (sends, _) = h.advance(Duration::from_secs(1));
+        if let Some((to, data)) = sends.into_iter().find(|(_, d)| d.starts_with("CANCEL ")) {
+            assert_eq!(to, addr(PBX));
+            cancel = Some((second, data));
+            break;
+        }
+    }
+    let (second, data) = cancel.expect("Timer C sent CANCEL");
+    assert!(
+        (181..=182).contains(&second),
+        "CANCEL {second} s after the last 180"
+    );
+    assert_eq!(top_branch(&data), top_branch(&fwd));
+    // The PBX's 487 goes to the caller as the final answer.
+    let (sends, events) = h.input(
+        PBX,
+        &response(&fwd, 487, "Request Terminated", Some("pbx1"), "", ""),
+    );
+    assert!(sends
+        .iter()
+        .any(|(to, d)| *to == addr(PHONE) && d.starts_with("SIP/2.0 487 ")));
+    assert!(matches!(
+        events[0].kind,
+        CallEventKind::Failed { code: 487, .. }
+    ));
+}
+
+#[test]
+fn answer_after_a_long_ring_is_still_anchored_and_reported() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
+    h.advance(Duration::from_secs(60));
+    let (sends, events) = h.input(
+        PBX,
+        &response(
+            &fwd,
+            200,
+            "OK",
+            Some("pbx1"),
+            "Contact: <sip:pbx@192.0.2.5>\r\n",
+            SDP,
+        ),
+    );
+    assert_eq!(sends.len(), 1);
+    assert!(
+        sends[0].1.ends_with("m=audio 30000 RTP/AVP 0\r\n"),
+        "answer SDP anchored"
+    );
+    assert_eq!(events[0].kind, CallEventKind::Answered);
+}
