@@ -35,29 +35,15 @@ pub struct RegistryConfig {
     pub sample_rate: u32,
 }
 
-/// Converts the monotonic `Instant`s of events into wall-clock times for the record.
-#[derive(Debug, Clone, Copy)]
-pub struct WallClock {
-    instant: Instant,
-    system: SystemTime,
-}
-
-impl WallClock {
-    /// Pairs the two clocks now.
-    pub fn now() -> WallClock {
-        WallClock {
-            instant: Instant::now(),
-            system: SystemTime::now(),
-        }
-    }
-
-    /// Wall-clock time of `at`.
-    pub fn at(&self, at: Instant) -> SystemTime {
-        if at >= self.instant {
-            self.system + (at - self.instant)
-        } else {
-            self.system - (self.instant - at)
-        }
+/// Wall-clock time of a monotonic `Instant` in the recent past, read afresh each time so that a
+/// clock set by NTP after start-up is followed (events are converted as they are handled).
+pub fn wall_time(at: Instant) -> SystemTime {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    if at <= now {
+        wall - (now - at)
+    } else {
+        wall + (at - now)
     }
 }
 
@@ -96,7 +82,6 @@ pub struct CallRegistry {
     recorder: Recorder,
     relay_events: mpsc::UnboundedSender<RelayEvent>,
     calls: HashMap<String, Call>,
-    clock: WallClock,
     next_slot: u64,
 }
 
@@ -121,7 +106,6 @@ impl CallRegistry {
             recorder,
             relay_events,
             calls: HashMap::new(),
-            clock: WallClock::now(),
             next_slot: 0,
         }
     }
@@ -185,6 +169,15 @@ impl CallRegistry {
     pub fn on_relay_event(&mut self, event: RelayEvent, now: Instant) -> Option<String> {
         match event {
             RelayEvent::Timeout { call_id, stream } => {
+                let call = self.calls.get_mut(&*call_id)?;
+                if call.audio.is_some_and(|a| a != stream) {
+                    // An idle secondary stream (video the agent's phone does not send, say)
+                    // only gives back its ports; the call's media is its audio.
+                    if let Some(slot) = call.streams.get_mut(stream) {
+                        *slot = None;
+                    }
+                    return None;
+                }
                 let call = self.calls.remove(&*call_id)?;
                 tracing::info!(%call_id, stream, recording_id = %call.record.recording_id, "media timeout ends the recording");
                 self.end(call, EndReason::MediaTimeout, now);
@@ -207,7 +200,7 @@ impl CallRegistry {
     }
 
     fn invite(&mut self, call_id: &str, at: Instant, info: &InviteInfo) {
-        let time = format_time(self.clock.at(at));
+        let time = format_time(wall_time(at));
         let call = self.call_mut(call_id);
         if call.invite_at.is_some() {
             return;
@@ -235,7 +228,7 @@ impl CallRegistry {
     }
 
     fn answered(&mut self, call_id: &str, at: Instant) {
-        let wall = self.clock.at(at);
+        let wall = wall_time(at);
         let dir = self.cfg.recording_dir.clone();
         let rate = self.cfg.sample_rate;
         let tap_queue = self.recorder.tap_queue();
@@ -288,7 +281,7 @@ impl CallRegistry {
             wav_path,
             sidecar_path,
             start: at,
-            codecs: call.codecs.clone(),
+            codecs: decode_maps(&call.codecs),
             record: call.record.clone(),
         })));
         stream.relay.control(RelayControl::Tap(Some(Tap {
@@ -303,7 +296,7 @@ impl CallRegistry {
     /// Finalises a call that has left the registry: stops its relays (freeing the ports), and
     /// has the recorder close the WAV and write the final sidecar.
     fn end(&mut self, mut call: Call, reason: EndReason, at: Instant) {
-        let wall = self.clock.at(at);
+        let wall = wall_time(at);
         let rec = &mut call.record;
         rec.times.end = Some(format_time(wall));
         rec.set_end(reason);
@@ -335,7 +328,7 @@ impl CallRegistry {
                         _ => "the call ended before recording began".into(),
                     });
                 }
-                let started = call.invite_at.map(|i| self.clock.at(i)).unwrap_or(wall);
+                let started = call.invite_at.map(wall_time).unwrap_or(wall);
                 let path = day_dir(&self.cfg.recording_dir, started)
                     .join(format!("{}.json", rec.recording_id));
                 self.recorder.send(Command::Sidecar {
@@ -360,13 +353,35 @@ impl CallRegistry {
         let events = self.relay_events.clone();
         let recorder = &self.recorder;
         let call = call_entry(&mut self.calls, call_id);
+        // A stream refused or removed (port 0, RFC 3264 §6) gives back its relay and ports.
+        for view in views.iter().filter(|v| v.port == 0) {
+            if let Some(slot) = call.streams.get_mut(view.index) {
+                *slot = None;
+            }
+            if call.audio == Some(view.index) {
+                call.audio = None;
+            }
+        }
+        // Streams opened by this SDP, released again if a later one cannot be: streams that
+        // were already up (a re-INVITE failing) keep their media and their recording.
+        let mut opened: Vec<usize> = Vec::new();
         for view in views.iter().filter(|v| v.port != 0) {
             if call.streams.len() <= view.index {
                 call.streams.resize_with(view.index + 1, || None);
             }
             if call.streams[view.index].is_none() {
-                let caller_facing = pool.allocate()?;
-                let callee_facing = pool.allocate()?;
+                let pairs = pool
+                    .allocate()
+                    .and_then(|a| pool.allocate().map(|b| (a, b)));
+                let (caller_facing, callee_facing) = match pairs {
+                    Ok(pairs) => pairs,
+                    Err(e) => {
+                        for index in opened {
+                            call.streams[index] = None;
+                        }
+                        return Err(e);
+                    }
+                };
                 match relay::spawn(
                     Arc::clone(&call.call_id),
                     view.index,
@@ -380,6 +395,7 @@ impl CallRegistry {
                             relay.control(RelayControl::Arm);
                         }
                         call.streams[view.index] = Some(Stream { relay });
+                        opened.push(view.index);
                     }
                     Err(e) => {
                         tracing::error!(%call_id, error = %e, "cannot start relay");
@@ -417,7 +433,7 @@ impl CallRegistry {
                 if let Some(rec) = &call.recording {
                     recorder.send(Command::Codecs {
                         slot: rec.slot,
-                        codecs: call.codecs.clone(),
+                        codecs: decode_maps(&call.codecs),
                     });
                 }
             }
@@ -446,11 +462,13 @@ impl MediaAnchor for CallRegistry {
         match self.anchor(call_id, party, &mut sdp, &views) {
             Ok(()) => Some(sdp.to_bytes()),
             Err(e) => {
-                // The call goes on with media flowing directly between the parties.
+                // The SDP goes on unchanged: media the proxy had not anchored yet flows directly
+                // between the parties, media it had anchored stays anchored.
                 tracing::error!(%call_id, error = %e, "media not anchored");
                 let call = self.call_mut(call_id);
-                call.streams.clear();
-                call.media_error = Some(format!("media not anchored: {e}"));
+                if call.streams.iter().all(Option::is_none) {
+                    call.media_error = Some(format!("media not anchored: {e}"));
+                }
                 None
             }
         }
@@ -475,6 +493,25 @@ fn unrecordable(call: &Call) -> Option<String> {
         ));
     }
     None
+}
+
+/// The maps the recorder decodes each party's packets with: [caller's packets, callee's]. A
+/// sender uses the payload type numbers of the receiver's SDP (RFC 3264 §5.1), so the other
+/// party's map comes first, the sender's own as fallback.
+fn decode_maps(sdp_maps: &[CodecMap; 2]) -> [CodecMap; 2] {
+    let merge = |first: &CodecMap, second: &CodecMap| {
+        let mut map = first.clone();
+        for entry in second {
+            if !map.iter().any(|(pt, _)| *pt == entry.0) {
+                map.push(*entry);
+            }
+        }
+        map
+    };
+    [
+        merge(&sdp_maps[1], &sdp_maps[0]),
+        merge(&sdp_maps[0], &sdp_maps[1]),
+    ]
 }
 
 /// Decodable payload types of an audio stream, and the names of those we cannot decode.
@@ -515,4 +552,114 @@ fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mu
         answered_at: None,
         recording: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::recorder::RecorderConfig;
+    use crate::record::timeline::TimelineConfig;
+
+    fn registry(
+        timeout: Duration,
+        low: u16,
+    ) -> (
+        CallRegistry,
+        mpsc::UnboundedReceiver<RelayEvent>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (recorder_tx, _recorder_rx) = mpsc::unbounded_channel();
+        let recorder = Recorder::start(
+            RecorderConfig {
+                header_update: Duration::from_secs(5),
+                timeline: TimelineConfig::default(),
+                tap_queue: 64,
+            },
+            recorder_tx,
+        )
+        .unwrap();
+        let (relay_tx, relay_rx) = mpsc::unbounded_channel();
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), low, low + 99);
+        let cfg = RegistryConfig {
+            media_advertise: "127.0.0.1".parse().unwrap(),
+            media_timeout: timeout,
+            recording_dir: dir.path().to_path_buf(),
+            sample_rate: 8000,
+        };
+        (
+            CallRegistry::new(cfg, pool, recorder, relay_tx),
+            relay_rx,
+            dir,
+        )
+    }
+
+    fn event(kind: CallEventKind) -> CallEvent {
+        CallEvent {
+            call_id: "c1".into(),
+            at: Instant::now(),
+            kind,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn refused_video_stream_frees_its_ports_and_audio_goes_on() {
+        let (mut reg, mut relay_events, _dir) = registry(Duration::from_secs(1), 43000);
+        let offer = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\nm=video 5002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+        let answer = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\n";
+        let now = Instant::now();
+        reg.on_sdp("c1", Party::Caller, offer, now).unwrap();
+        assert_eq!(reg.ports_in_use(), 4, "two streams, two pairs each");
+        reg.on_event(event(CallEventKind::Invite(InviteInfo {
+            from_pbx: false,
+            source: "127.0.0.1:5060".parse().unwrap(),
+            request_uri_user: Some("100".into()),
+            to_user: None,
+            from_user: None,
+            asserted_user: None,
+        })));
+        let rewritten = reg.on_sdp("c1", Party::Callee, answer, now).unwrap();
+        let views = Sdp::parse(&rewritten).unwrap().media();
+        assert_eq!(views[1].port, 0, "the refusal is passed on");
+        reg.on_event(event(CallEventKind::Answered));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(reg.ports_in_use(), 2, "the refused stream's ports are free");
+        // Audio keeps flowing for longer than the media timeout: the call stays up.
+        let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2500) {
+            caller
+                .send_to(
+                    &[0x80, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xff],
+                    ("127.0.0.1", views[0].port),
+                )
+                .unwrap();
+            if let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_millis(20), relay_events.recv()).await
+            {
+                panic!("live audio ended by {e:?}");
+            }
+        }
+        assert_eq!(reg.active_calls(), 1);
+        reg.on_event(event(CallEventKind::Bye { by: Party::Caller }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!((reg.active_calls(), reg.ports_in_use()), (0, 0));
+    }
+
+    #[test]
+    fn packets_are_decoded_with_the_receivers_payload_numbers_first() {
+        // The caller offered PCMA as 96 (dynamic), the callee answered PCMA as 97: the caller
+        // sends 97, the callee sends 96 (RFC 3264 §5.1).
+        let caller_sdp = vec![(96, Codec::Pcma), (0, Codec::Pcmu)];
+        let callee_sdp = vec![(97, Codec::Pcma), (0, Codec::Pcmu)];
+        let [from_caller, from_callee] = decode_maps(&[caller_sdp, callee_sdp]);
+        assert_eq!(
+            from_caller,
+            vec![(97, Codec::Pcma), (0, Codec::Pcmu), (96, Codec::Pcma)]
+        );
+        assert_eq!(
+            from_callee,
+            vec![(96, Codec::Pcma), (0, Codec::Pcmu), (97, Codec::Pcma)]
+        );
+    }
 }

@@ -416,6 +416,8 @@ impl Proxy {
                 ack: None,
                 own: false,
                 timer_c: None,
+                cancel_pending: false,
+                cancel_sent: false,
             },
         );
         self.schedule(now + T1, Timer::ClientRetransmit(ckey.clone()));
@@ -562,6 +564,14 @@ impl Proxy {
         if ctxn.final_status.is_some() {
             return;
         }
+        if !ctxn.provisional {
+            // RFC 3261 §9.1: no CANCEL before a provisional response; it goes out with the
+            // first one (or Timer B ends the INVITE).
+            if let Some(ctxn) = self.client.get_mut(ckey) {
+                ctxn.cancel_pending = true;
+            }
+            return;
+        }
         let cancel_key = ClientKey {
             branch: ckey.branch.clone(),
             method: "CANCEL".into(),
@@ -570,6 +580,13 @@ impl Proxy {
             return;
         }
         let cancel = build_hop_request(&ctxn.request, "CANCEL", None);
+        if let Some(invite) = self.client.get_mut(ckey) {
+            invite.cancel_sent = true;
+        }
+        self.schedule(now + TIMEOUT, Timer::ClientTimeout(ckey.clone()));
+        let Some(ctxn) = self.client.get(ckey) else {
+            return;
+        };
         let dest = ctxn.dest;
         let bytes = cancel.to_bytes();
         self.out.push_back(Output::Send {
@@ -594,6 +611,8 @@ impl Proxy {
                 ack: None,
                 own: true,
                 timer_c: None,
+                cancel_pending: false,
+                cancel_sent: false,
             },
         );
         self.schedule(now + T1, Timer::ClientRetransmit(cancel_key.clone()));
@@ -647,7 +666,14 @@ impl Proxy {
         let first_final = status >= 200 && ctxn.final_status.is_none();
         let mut cleanup_at = None;
         let mut timer_c_at = None;
+        let mut send_pending_cancel = false;
         if status < 200 {
+            if ctxn.final_status.is_some() {
+                // A provisional overtaken by the final response must not go upstream after it
+                // (RFC 3261 §17.2.1).
+                return;
+            }
+            send_pending_cancel = !ctxn.provisional && ctxn.cancel_pending;
             ctxn.provisional = true;
             if invite && status > 100 {
                 // Timer C (§16.8) restarts with every provisional other than 100.
@@ -661,7 +687,10 @@ impl Proxy {
                     // Timer C also starts when the INVITE is answered only by a 100.
                     let at = now + TIMER_C;
                     ctxn.timer_c.get_or_insert(at);
-                    self.schedule(at, Timer::TimerC(ckey));
+                    self.schedule(at, Timer::TimerC(ckey.clone()));
+                }
+                if send_pending_cancel {
+                    self.cancel_branch(now, &ckey);
                 }
                 return;
             }
@@ -693,10 +722,14 @@ impl Proxy {
         if let Some(at) = timer_c_at {
             self.schedule(at, Timer::TimerC(ckey.clone()));
         }
+        if send_pending_cancel {
+            self.cancel_branch(now, &ckey);
+        }
         if let Some(at) = cleanup_at {
             self.schedule(at, Timer::ClientCleanup(ckey));
         }
-        if let Some(party) = party {
+        // Only a live dialog is anchored: a 2xx retransmitted after the BYE must not open media.
+        if let Some(party) = party.filter(|_| self.dialogs.contains_key(&call_id)) {
             anchor_body(&mut resp, &call_id, party, now, media);
         }
         if initial_invite && first_final {
@@ -795,7 +828,8 @@ impl Proxy {
                     return;
                 };
                 // Timer A stops at the first provisional; Timer E goes on at T2 (§17.1.2.2).
-                if txn.final_status.is_some() || (txn.invite && txn.provisional) {
+                if txn.final_status.is_some() || (txn.invite && txn.provisional && !txn.cancel_sent)
+                {
                     return;
                 }
                 self.out.push_back(Output::Send {
@@ -817,7 +851,8 @@ impl Proxy {
                     return;
                 };
                 // Timer B ends with the first provisional (§17.1.1.2); Timer C takes over.
-                if txn.final_status.is_some() || (txn.invite && txn.provisional) {
+                if txn.final_status.is_some() || (txn.invite && txn.provisional && !txn.cancel_sent)
+                {
                     return;
                 }
                 let Some(txn) = self.client.remove(&key) else {
@@ -827,10 +862,11 @@ impl Proxy {
                 if txn.own {
                     return;
                 }
+                // Timer B: the proxy answers 408 itself (§16.8). A non-INVITE that timed out
+                // gets no 408 from a proxy (RFC 4320 §4.2): the client's own Timer F covers it.
                 if let Some(skey) = txn.server.clone() {
-                    // Timer B/F: the proxy answers 408 itself (§16.8).
                     if let Some(stxn) = self.server.get_mut(&skey) {
-                        if stxn.final_status.is_none() {
+                        if stxn.final_status.is_none() && txn.invite {
                             let resp = make_response(
                                 &req_without_our_via(&txn.request),
                                 408,
@@ -842,8 +878,10 @@ impl Proxy {
                             stxn.final_status = Some(408);
                             let to = stxn.source;
                             self.out.push_back(Output::Send { to, data: bytes });
-                            self.schedule(now + TIMEOUT, Timer::ServerCleanup(skey));
                         }
+                        // Either way the server transaction goes after absorbing late
+                        // retransmissions for a while.
+                        self.schedule(now + TIMEOUT, Timer::ServerCleanup(skey));
                     }
                 }
                 if txn.initial_invite
@@ -853,13 +891,18 @@ impl Proxy {
                         .is_some_and(|d| d.state != DialogState::Confirmed)
                 {
                     self.dialogs.remove(&txn.call_id);
+                    let cancelled = txn
+                        .server
+                        .as_ref()
+                        .and_then(|k| self.server.get(k))
+                        .is_some_and(|t| t.cancelled);
                     self.emit(
                         now,
                         &txn.call_id,
                         CallEventKind::Failed {
                             code: 408,
                             reason: "Request Timeout".into(),
-                            cancelled: false,
+                            cancelled,
                         },
                     );
                 }
@@ -998,7 +1041,12 @@ impl Proxy {
     /// next Route (loose routing), else the Request-URI for the PBX's own requests, else the PBX.
     fn route(&self, from: SocketAddr, req: &mut Message) -> Result<SocketAddr, RouteError> {
         // A strict-routing previous hop put our Record-Route into the Request-URI (§16.4).
-        if req.request_uri().is_some_and(|u| self.is_local_uri(u)) {
+        // Only a URI we could have put into Record-Route counts: ours, with no user part (a
+        // phone whose domain is the proxy dials sip:number@proxy, which is a target).
+        let strict = req
+            .request_uri()
+            .is_some_and(|u| self.is_local_uri(u) && parse_uri(u).is_ok_and(|p| p.user.is_none()));
+        if strict {
             let routes: Vec<String> = req.values("Route").iter().map(|s| s.to_string()).collect();
             if let Some(last) = routes.last() {
                 if let Ok(na) = parse_name_addr(last) {

@@ -522,3 +522,169 @@ fn answer_after_a_long_ring_is_still_anchored_and_reported() {
     );
     assert_eq!(events[0].kind, CallEventKind::Answered);
 }
+
+#[test]
+fn provisional_after_final_is_dropped_and_retransmissions_get_the_final() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    h.input(
+        PBX,
+        &response(
+            &fwd,
+            200,
+            "OK",
+            Some("pbx1"),
+            "Contact: <sip:pbx@192.0.2.5>\r\n",
+            SDP,
+        ),
+    );
+    let (late, _) = h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
+    assert!(
+        late.is_empty(),
+        "a 1xx after the final is not forwarded: {late:?}"
+    );
+    let (again, _) = h.input(PHONE, &invite());
+    assert!(
+        again[0].1.starts_with("SIP/2.0 200 OK\r\n"),
+        "{}",
+        again[0].1
+    );
+}
+
+#[test]
+fn cancel_before_any_provisional_waits_for_the_first_one() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let cancel = "CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    let (sends, _) = h.input(PHONE, cancel);
+    assert_eq!(sends.len(), 1, "only the 200 to the caller: {sends:?}");
+    assert!(sends[0].1.starts_with("SIP/2.0 200 OK\r\n"));
+    // The PBX's first 100 lets the CANCEL go (RFC 3261 §9.1).
+    let (sends, _) = h.input(PBX, &response(&fwd, 100, "Trying", None, "", ""));
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].0, addr(PBX));
+    assert!(sends[0].1.starts_with("CANCEL "));
+    assert_eq!(top_branch(&sends[0].1), top_branch(&fwd));
+    // Only once.
+    let (sends, _) = h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
+    assert!(
+        sends.iter().all(|(_, d)| !d.starts_with("CANCEL ")),
+        "{sends:?}"
+    );
+}
+
+#[test]
+fn dialled_number_survives_a_preloaded_route_naming_the_proxy() {
+    let mut h = Harness::new();
+    let inv = invite().replace(
+        "Max-Forwards: 70\r\n",
+        "Route: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\n",
+    );
+    let (sends, events) = h.input(PHONE, &inv);
+    let fwd = &sends
+        .iter()
+        .find(|(to, _)| *to == addr(PBX))
+        .expect("forwarded")
+        .1;
+    assert!(
+        fwd.starts_with("INVITE sip:0295120000@192.0.2.10 SIP/2.0\r\n"),
+        "{fwd}"
+    );
+    assert!(
+        !fwd.contains("Route: <sip:192.0.2.10:5060;lr>\r\nMax"),
+        "our Route is consumed"
+    );
+    let CallEventKind::Invite(info) = &events[0].kind else {
+        panic!()
+    };
+    assert_eq!(info.request_uri_user.as_deref(), Some("0295120000"));
+}
+
+#[test]
+fn retransmitted_answer_after_bye_opens_no_media() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let ok = response(
+        &fwd,
+        200,
+        "OK",
+        Some("pbx1"),
+        "Contact: <sip:pbx@192.0.2.5>\r\n",
+        SDP,
+    );
+    h.input(PBX, &ok);
+    let bye = "BYE sip:pbx@192.0.2.5 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye9;rport\r\nRoute: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>;tag=pbx1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    h.input(PHONE, bye);
+    let anchored = h.anchor.seen.len();
+    let (sends, events) = h.input(PBX, &ok);
+    assert_eq!(sends.len(), 1, "still forwarded upstream");
+    assert_eq!(
+        h.anchor.seen.len(),
+        anchored,
+        "no media for a call that has ended"
+    );
+    assert!(events.is_empty());
+}
+
+#[test]
+fn unanswered_non_invite_gets_no_408_from_the_proxy() {
+    let mut h = Harness::new();
+    let options = "OPTIONS sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKopt1;rport\r\nMax-Forwards: 70\r\n\
+From: <sip:0401234567@198.51.100.7>;tag=o1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
+Call-ID: opt-1@198.51.100.7\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let (sends, _) = h.input(PHONE, options);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PBX));
+    // Timer F at 32 s, then the server transaction absorbs retransmissions for 32 s more.
+    for _ in 0..140 {
+        let (sends, _) = h.advance(Duration::from_millis(500));
+        assert!(
+            sends.iter().all(|(to, _)| *to == addr(PBX)),
+            "RFC 4320: no 408 upstream: {sends:?}"
+        );
+    }
+    assert_eq!(h.proxy.sizes(), (0, 0, 0));
+}
+
+#[test]
+fn cancelled_branch_without_final_response_is_given_up_after_64_t1() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
+    let cancel = "CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    h.input(PHONE, cancel);
+    // The PBX never answers again.
+    let mut failed = None;
+    for second in 1..=40 {
+        let (_, events) = h.advance(Duration::from_secs(1));
+        if !events.is_empty() {
+            failed = Some((second, events));
+            break;
+        }
+    }
+    let (second, events) = failed.expect("the call is given up");
+    assert!((32..=33).contains(&second), "{second}");
+    assert!(
+        matches!(
+            events[0].kind,
+            CallEventKind::Failed {
+                code: 408,
+                cancelled: true,
+                ..
+            }
+        ),
+        "{events:?}"
+    );
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.proxy.sizes(), (0, 0, 0));
+}

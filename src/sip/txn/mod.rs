@@ -104,6 +104,10 @@ pub struct ClientTxn {
     pub own: bool,
     /// When Timer C expires (INVITE only), restarted by each provisional.
     pub timer_c: Option<std::time::Instant>,
+    /// The upstream cancelled before any provisional came: CANCEL goes out with the first one.
+    pub cancel_pending: bool,
+    /// We sent CANCEL for it: without a final response 64*T1 later it is given up (§9.1).
+    pub cancel_sent: bool,
 }
 
 /// A scheduled timer; stale entries are recognised by checking the transaction state when fired.
