@@ -4,6 +4,8 @@
 //!
 //! Messages are parsed with a small tolerant reader of our own (compact header names, folded
 //! lines, comma-joined lists), because rsip rejects some legal input; they are built by hand.
+//! It deliberately does not use the proxy's `sip::msg`: the peers of the end-to-end tests are
+//! an independent implementation, so a parser bug in the proxy cannot hide itself there.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -394,34 +394,22 @@ impl Proxy {
                 self.emit(now, &call_id, CallEventKind::Bye { by });
             }
         }
-        let bytes = req.to_bytes();
+        let mut txn = ClientTxn::new(req, dest, call_id);
+        txn.server = Some(key);
+        txn.party = party;
+        txn.initial_invite = invite && initial;
+        self.start_client(now, ckey, txn);
+    }
+
+    /// Sends a client transaction's request and arms its retransmission and timeout timers.
+    fn start_client(&mut self, now: Instant, key: ClientKey, txn: ClientTxn) {
         self.out.push_back(Output::Send {
-            to: dest,
-            data: bytes.clone(),
+            to: txn.dest,
+            data: txn.bytes.clone(),
         });
-        self.client.insert(
-            ckey.clone(),
-            ClientTxn {
-                server: Some(key),
-                invite,
-                dest,
-                request: req,
-                bytes,
-                provisional: false,
-                final_status: None,
-                retransmit_interval: T1,
-                party,
-                call_id,
-                initial_invite: invite && initial,
-                ack: None,
-                own: false,
-                timer_c: None,
-                cancel_pending: false,
-                cancel_sent: false,
-            },
-        );
-        self.schedule(now + T1, Timer::ClientRetransmit(ckey.clone()));
-        self.schedule(now + TIMEOUT, Timer::ClientTimeout(ckey));
+        self.client.insert(key.clone(), txn);
+        self.schedule(now + T1, Timer::ClientRetransmit(key.clone()));
+        self.schedule(now + TIMEOUT, Timer::ClientTimeout(key));
     }
 
     /// Which party sent this request; creates the dialog for an initial INVITE.
@@ -587,36 +575,9 @@ impl Proxy {
         let Some(ctxn) = self.client.get(ckey) else {
             return;
         };
-        let dest = ctxn.dest;
-        let bytes = cancel.to_bytes();
-        self.out.push_back(Output::Send {
-            to: dest,
-            data: bytes.clone(),
-        });
-        let call_id = ctxn.call_id.clone();
-        self.client.insert(
-            cancel_key.clone(),
-            ClientTxn {
-                server: None,
-                invite: false,
-                dest,
-                request: cancel,
-                bytes,
-                provisional: false,
-                final_status: None,
-                retransmit_interval: T1,
-                party: None,
-                call_id,
-                initial_invite: false,
-                ack: None,
-                own: true,
-                timer_c: None,
-                cancel_pending: false,
-                cancel_sent: false,
-            },
-        );
-        self.schedule(now + T1, Timer::ClientRetransmit(cancel_key.clone()));
-        self.schedule(now + TIMEOUT, Timer::ClientTimeout(cancel_key));
+        let mut txn = ClientTxn::new(cancel, ctxn.dest, ctxn.call_id.clone());
+        txn.own = true;
+        self.start_client(now, cancel_key, txn);
     }
 
     // ----- responses ------------------------------------------------------------------------

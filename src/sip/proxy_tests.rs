@@ -83,6 +83,12 @@ impl Harness {
     }
 }
 
+/// The caller's CANCEL of `invite()`.
+const CANCEL: &str = "CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 
 fn invite() -> String {
@@ -332,11 +338,7 @@ fn cancel_is_answered_and_sent_on_with_the_invite_branch() {
     let mut h = Harness::new();
     let fwd = start_call(&mut h);
     h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
-    let cancel = "CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
-From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
-Call-ID: call-1@198.51.100.7\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
-    let (sends, _) = h.input(PHONE, cancel);
+    let (sends, _) = h.input(PHONE, CANCEL);
     assert_eq!(sends.len(), 2, "{sends:?}");
     assert_eq!(sends[0].0, addr(PHONE));
     assert!(sends[0].1.starts_with("SIP/2.0 200 OK\r\n"));
@@ -555,11 +557,7 @@ fn provisional_after_final_is_dropped_and_retransmissions_get_the_final() {
 fn cancel_before_any_provisional_waits_for_the_first_one() {
     let mut h = Harness::new();
     let fwd = start_call(&mut h);
-    let cancel = "CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
-From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
-Call-ID: call-1@198.51.100.7\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
-    let (sends, _) = h.input(PHONE, cancel);
+    let (sends, _) = h.input(PHONE, CANCEL);
     assert_eq!(sends.len(), 1, "only the 200 to the caller: {sends:?}");
     assert!(sends[0].1.starts_with("SIP/2.0 200 OK\r\n"));
     // The PBX's first 100 lets the CANCEL go (RFC 3261 §9.1).
@@ -658,11 +656,7 @@ fn cancelled_branch_without_final_response_is_given_up_after_64_t1() {
     let mut h = Harness::new();
     let fwd = start_call(&mut h);
     h.input(PBX, &response(&fwd, 180, "Ringing", Some("pbx1"), "", ""));
-    let cancel = "CANCEL sip:0295120000@192.0.2.10 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\nMax-Forwards: 70\r\n\
-From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
-Call-ID: call-1@198.51.100.7\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
-    h.input(PHONE, cancel);
+    h.input(PHONE, CANCEL);
     // The PBX never answers again.
     let mut failed = None;
     for second in 1..=40 {

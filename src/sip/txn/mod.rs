@@ -110,6 +110,31 @@ pub struct ClientTxn {
     pub cancel_sent: bool,
 }
 
+impl ClientTxn {
+    /// A client transaction for `request` to `dest`, with nothing received yet; the caller sets
+    /// what differs (server transaction, party, ownership).
+    pub fn new(request: Message, dest: SocketAddr, call_id: String) -> ClientTxn {
+        ClientTxn {
+            server: None,
+            invite: request.method() == Some("INVITE"),
+            dest,
+            bytes: request.to_bytes(),
+            request,
+            provisional: false,
+            final_status: None,
+            retransmit_interval: T1,
+            party: None,
+            call_id,
+            initial_invite: false,
+            ack: None,
+            own: false,
+            timer_c: None,
+            cancel_pending: false,
+            cancel_sent: false,
+        }
+    }
+}
+
 /// A scheduled timer; stale entries are recognised by checking the transaction state when fired.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Timer {
