@@ -682,3 +682,56 @@ fn cancelled_branch_without_final_response_is_given_up_after_64_t1() {
     h.advance(Duration::from_secs(40));
     assert_eq!(h.proxy.sizes(), (0, 0, 0));
 }
+
+#[test]
+fn re_invite_from_the_callee_is_routed_to_the_caller_and_anchored() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    h.input(
+        PBX,
+        &response(
+            &fwd,
+            200,
+            "OK",
+            Some("pbx1"),
+            "Contact: <sip:pbx@192.0.2.5>\r\n",
+            SDP,
+        ),
+    );
+    let reinvite = format!(
+        "INVITE sip:0401234567@198.51.100.7:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKre1\r\nRoute: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\n\
+From: <sip:0295120000@192.0.2.10>;tag=pbx1\r\nTo: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 7 INVITE\r\nContact: <sip:pbx@192.0.2.5>\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    );
+    let (sends, events) = h.input(PBX, &reinvite);
+    assert!(
+        events.is_empty(),
+        "a re-INVITE is not a new call: {events:?}"
+    );
+    let (to, data) = sends
+        .iter()
+        .find(|(_, d)| d.starts_with("INVITE "))
+        .expect("forwarded");
+    assert_eq!(
+        *to,
+        addr(PHONE),
+        "by its Request-URI once our Route is consumed"
+    );
+    assert!(
+        !data.contains("Record-Route"),
+        "in-dialog requests are not record-routed again"
+    );
+    assert_eq!(h.anchor.seen.last().unwrap().1, Party::Callee);
+    assert!(
+        data.ends_with("m=audio 30000 RTP/AVP 0\r\n"),
+        "SDP anchored"
+    );
+    // The caller's 200 comes back to the PBX, its SDP anchored as the caller's.
+    let (sends, _) = h.input(PHONE, &response(data, 200, "OK", None, "", SDP));
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PBX));
+    assert_eq!(h.anchor.seen.last().unwrap().1, Party::Caller);
+}
