@@ -68,14 +68,24 @@ fn call_over_ipv6_loopback_is_relayed_and_recorded() {
     let callee_rtp = uas.rtp.clone().unwrap();
     assert!(caller_rtp.received > 80 && callee_rtp.received > 80);
     let from = caller_rtp.first_rx_from.unwrap();
-    assert!(from.is_ipv6() && (43300..=43399).contains(&from.port()), "{from}");
+    assert!(
+        from.is_ipv6() && (43300..=43399).contains(&from.port()),
+        "{from}"
+    );
 
     let (_, v) = daemon.final_sidecar(&report.call_id);
     assert_eq!(v["state"], "complete");
     assert_eq!(v["legs"]["caller"]["codec"], "PCMA");
-    assert_eq!(v["legs"]["caller"]["packets"].as_u64().unwrap(), caller_rtp.sent);
+    assert_eq!(
+        v["legs"]["caller"]["packets"].as_u64().unwrap(),
+        caller_rtp.sent
+    );
     let wav = Wav::read(std::path::Path::new(v["wav"]["path"].as_str().unwrap()));
-    assert!(wav.duration_ms() > 1900 && wav.duration_ms() < 2300, "{} ms", wav.duration_ms());
+    assert!(
+        wav.duration_ms() > 1900 && wav.duration_ms() < 2300,
+        "{} ms",
+        wav.duration_ms()
+    );
     assert!(dominance(&wav.left, 8000, 440.0, &[1000.0]) > 50.0);
     assert!(dominance(&wav.right, 8000, 1000.0, &[440.0]) > 50.0);
 }

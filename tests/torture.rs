@@ -286,3 +286,39 @@ fn torture_messages_are_forwarded_or_rejected_as_the_rfcs_say_and_calls_still_wo
     assert!(dominance(&wav.left, 8000, 440.0, &[1000.0]) > 50.0);
     assert!(dominance(&wav.right, 8000, 1000.0, &[440.0]) > 50.0);
 }
+
+#[test]
+fn a_request_over_max_message_size_is_answered_513() {
+    let root = tempfile::tempdir().unwrap();
+    let fake_pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = write_config(
+        root.path(),
+        fake_pbx.local_addr().unwrap(),
+        (42900, 42999),
+        "",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[media]", "max_message_size = 1024\n\n[media]");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = phone.local_addr().unwrap();
+    let big = "x".repeat(1500);
+    let invite = format!(
+        "INVITE sip:0295120000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbig1;rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>\r\n\
+Call-ID: big-1\r\nCSeq: 1 INVITE\r\nX-Padding: {big}\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send_to(invite.as_bytes(), daemon.sip).unwrap();
+    let resp = recv_until(&phone, Duration::from_secs(2), |_| true).expect("an answer");
+    assert!(
+        resp.starts_with(b"SIP/2.0 513 Message Too Large\r\n"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    assert!(
+        recv_until(&fake_pbx, Duration::from_millis(200), |_| true).is_none(),
+        "not forwarded"
+    );
+}

@@ -41,6 +41,8 @@ pub struct SipConfig {
     pub advertise: IpAddr,
     /// Largest SIP message accepted or sent, in bytes.
     pub max_message_size: usize,
+    /// SIP messages per second accepted from one source address (the PBX is exempt).
+    pub max_rate: u32,
 }
 
 /// `[media]`: RTP anchoring.
@@ -108,6 +110,15 @@ fn default_max_message_size() -> usize {
     65535
 }
 
+/// Accepted `sip.max_rate` (messages per second per source).
+pub const MAX_RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
+
+/// A phone sends a handful of messages per call; 200/s per address leaves room for a busy trunk
+/// while a flood from one address is cut.
+fn default_max_rate() -> u32 {
+    200
+}
+
 fn default_media_bind() -> IpAddr {
     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 }
@@ -152,6 +163,8 @@ struct RawSip {
     advertise: Option<Spanned<String>>,
     /// Optional byte limit, default [`default_max_message_size`].
     max_message_size: Option<Spanned<i64>>,
+    /// Optional messages per second per source, default [`default_max_rate`].
+    max_rate: Option<Spanned<i64>>,
 }
 
 /// `[media]` as written.
@@ -316,12 +329,32 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             .unwrap_or(media_advertise)
     });
 
+    let max_rate = match sip.max_rate {
+        None => default_max_rate(),
+        Some(s) => u32::try_from(*s.get_ref())
+            .ok()
+            .filter(|n| MAX_RATE_RANGE.contains(n))
+            .ok_or_else(|| {
+                doc.invalid(
+                    Some(s.span()),
+                    "sip.max_rate",
+                    format!(
+                        "{} messages per second is out of range: must be between {} and {}",
+                        s.get_ref(),
+                        MAX_RATE_RANGE.start(),
+                        MAX_RATE_RANGE.end()
+                    ),
+                )
+            })?,
+    };
+
     Ok(Config {
         sip: SipConfig {
             listen,
             pbx,
             advertise,
             max_message_size,
+            max_rate,
         },
         media: MediaConfig {
             bind,

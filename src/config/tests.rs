@@ -60,6 +60,7 @@ fn example_file_parses_to_the_documented_values() {
                 pbx: sip("udp:10.0.0.5:5060"),
                 advertise: ip("192.0.2.10"),
                 max_message_size: 65535,
+                max_rate: 200,
             },
             media: MediaConfig {
                 bind: ip("0.0.0.0"),
@@ -111,6 +112,7 @@ dir = \"/tmp/rec\"
     // The first listen IP is a real address, so it is what Via/Record-Route carry.
     assert_eq!(cfg.sip.advertise, ip("127.0.0.1"));
     assert_eq!(cfg.sip.max_message_size, 65535);
+    assert_eq!(cfg.sip.max_rate, 200);
     assert_eq!(cfg.media.bind, ip("0.0.0.0"));
     assert_eq!(
         cfg.media.ports,

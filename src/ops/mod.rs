@@ -81,6 +81,7 @@ impl Daemon {
                 advertise: SocketAddr::new(cfg.sip.advertise, advertise_port),
                 local: sip_addrs.clone(),
                 pbx: vec![cfg.sip.pbx.addr],
+                max_rate: cfg.sip.max_rate,
             },
             ulid::Ulid::new().random() as u64,
         );

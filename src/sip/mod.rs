@@ -2,6 +2,7 @@
 //! transport driver that feeds the core with datagrams and time (`transport`).
 
 pub mod dialog;
+pub mod limit;
 pub mod msg;
 pub mod proxy;
 pub mod transport;

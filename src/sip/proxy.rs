@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::sip::dialog::{Dialog, DialogState};
+use crate::sip::limit::{SourceLimiter, Verdict};
 use crate::sip::msg::{self, make_response, parse_name_addr, parse_uri, Message};
 use crate::sip::txn::{
     ClientKey, ClientTxn, ServerKey, ServerTxn, Timer, T1, T2, T4, TIMEOUT, TIMER_C,
@@ -49,6 +50,8 @@ pub struct ProxyConfig {
     pub local: Vec<SocketAddr>,
     /// The PBX: requests from other sources go there; its own requests go by Route/Request-URI.
     pub pbx: Vec<SocketAddr>,
+    /// Messages per second accepted from one source address other than the PBX.
+    pub max_rate: u32,
 }
 
 /// Receives every SDP body the proxy forwards, so media can be anchored.
@@ -136,6 +139,10 @@ pub struct ProxyStats {
     pub dropped_responses: u64,
     /// Request retransmissions absorbed by server transactions.
     pub absorbed_retransmissions: u64,
+    /// Messages dropped because their source went over `max_rate`.
+    pub rate_limited: u64,
+    /// Messages over the size limit (requests among them answered 513).
+    pub oversized: u64,
 }
 
 /// Why a request could not be routed.
@@ -165,13 +172,13 @@ pub struct Proxy {
     branch_salt: u64,
     out: VecDeque<Output>,
     stats: ProxyStats,
+    limiter: SourceLimiter,
 }
 
 impl Proxy {
     /// A proxy core; `salt` makes generated branches unique across restarts (any random value).
     pub fn new(cfg: ProxyConfig, salt: u64) -> Proxy {
         Proxy {
-            cfg,
             server: HashMap::new(),
             client: HashMap::new(),
             dialogs: HashMap::new(),
@@ -181,6 +188,8 @@ impl Proxy {
             branch_salt: salt,
             out: VecDeque::new(),
             stats: ProxyStats::default(),
+            limiter: SourceLimiter::new(cfg.max_rate),
+            cfg,
         }
     }
 
@@ -222,6 +231,9 @@ impl Proxy {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
+        if !self.admit(now, from) {
+            return;
+        }
         // Trailing octets after Content-Length are ignored over UDP (RFC 4475 §3.1.1.8).
         let msg = match Message::parse(data) {
             Ok((msg, _consumed)) => msg,
@@ -241,6 +253,44 @@ impl Proxy {
             self.handle_request(now, from, msg, media);
         } else {
             self.handle_response(now, from, msg, media);
+        }
+    }
+
+    /// A datagram over the size limit (`data` holds its start): a request whose head is readable
+    /// is answered 513 (RFC 3261 §18.1.1 / §21.5.14), anything else is dropped.
+    pub fn handle_oversized(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if !self.admit(now, from) {
+            return;
+        }
+        self.stats.oversized += 1;
+        match head_for_reply(data) {
+            Some(head) => self.reject(
+                from,
+                &head,
+                513,
+                "Message Too Large",
+                &"over sip.max_message_size",
+            ),
+            None => {
+                tracing::warn!(%from, len = data.len(), "dropping SIP datagram over the size limit")
+            }
+        }
+    }
+
+    /// Flood protection: every source but the PBX is held to `max_rate` messages per second.
+    fn admit(&mut self, now: Instant, from: SocketAddr) -> bool {
+        if self.cfg.pbx.iter().any(|p| p.ip() == from.ip()) {
+            return true;
+        }
+        match self.limiter.check(from.ip(), now) {
+            Verdict::Allow => true,
+            Verdict::Drop { first } => {
+                self.stats.rate_limited += 1;
+                if first {
+                    tracing::warn!(%from, rate = self.cfg.max_rate, "source over sip.max_rate: dropping its messages");
+                }
+                false
+            }
         }
     }
 

@@ -50,6 +50,7 @@ impl Harness {
                     advertise: addr(US),
                     local: vec![addr(US)],
                     pbx: vec![addr(PBX)],
+                    max_rate: 50,
                 },
                 0xabc,
             ),
@@ -734,4 +735,63 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
     assert_eq!(sends.len(), 1);
     assert_eq!(sends[0].0, addr(PBX));
     assert_eq!(h.anchor.seen.last().unwrap().1, Party::Caller);
+}
+
+fn options(n: u32) -> String {
+    format!(
+        "OPTIONS sip:0295120000@192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKfl{n};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:0401234567@198.51.100.7>;tag=o{n}\r\nTo: <sip:0295120000@192.0.2.10>\r\n\
+Call-ID: flood-{n}@198.51.100.7\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_flood_from_one_source_is_cut_at_max_rate_but_the_pbx_is_not() {
+    let mut h = Harness::new();
+    let mut forwarded = 0;
+    for n in 0..80 {
+        let (sends, _) = h.input(PHONE, &options(n));
+        forwarded += sends.len();
+    }
+    assert_eq!(
+        forwarded, 50,
+        "a burst of max_rate (50) passes, the rest is dropped"
+    );
+    assert_eq!(h.proxy.stats().rate_limited, 30);
+    // A second later the source may send again.
+    h.advance(Duration::from_secs(1));
+    let (sends, _) = h.input(PHONE, &options(100));
+    assert_eq!(sends.len(), 1);
+    // The PBX carries every call's signalling: never limited.
+    let mut from_pbx = 0;
+    for n in 0..80 {
+        let (sends, _) = h.input(PBX, &options(200 + n).replace("198.51.100.7", "192.0.2.5"));
+        from_pbx += sends.len();
+    }
+    assert_eq!(from_pbx, 80);
+}
+
+#[test]
+fn an_oversized_request_is_answered_513() {
+    let mut h = Harness::new();
+    h.proxy
+        .handle_oversized(h.now, addr(PHONE), invite().as_bytes());
+    let (sends, events) = h.drain();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(
+        sends[0].1.starts_with("SIP/2.0 513 Message Too Large\r\n"),
+        "{}",
+        sends[0].1
+    );
+    assert!(events.is_empty());
+    assert_eq!(h.proxy.stats().oversized, 1);
+    // A response over the limit is just dropped.
+    h.proxy.handle_oversized(
+        h.now,
+        addr(PBX),
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-rpx\r\n\r\n",
+    );
+    assert!(h.drain().0.is_empty());
 }

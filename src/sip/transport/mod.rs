@@ -58,13 +58,6 @@ impl SipSockets {
     }
 }
 
-/// Leak-check figures of a running daemon.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DriverStats {
-    /// Datagrams over the size limit, dropped.
-    pub oversized: u64,
-}
-
 /// The driver: owns the core, the registry and the sockets.
 pub struct Driver {
     sockets: SipSockets,
@@ -73,7 +66,6 @@ pub struct Driver {
     relay_events: mpsc::UnboundedReceiver<RelayEvent>,
     recorder_events: mpsc::UnboundedReceiver<RecorderEvent>,
     max_message_size: usize,
-    stats: DriverStats,
 }
 
 impl Driver {
@@ -93,7 +85,6 @@ impl Driver {
             relay_events,
             recorder_events,
             max_message_size,
-            stats: DriverStats::default(),
         }
     }
 
@@ -103,11 +94,7 @@ impl Driver {
         let (tx, mut inbound) = mpsc::channel::<(SocketAddr, Vec<u8>)>(INBOUND_QUEUE);
         let mut readers = Vec::new();
         for socket in &self.sockets.sockets {
-            readers.push(tokio::spawn(read_loop(
-                Arc::clone(socket),
-                tx.clone(),
-                self.max_message_size,
-            )));
+            readers.push(tokio::spawn(read_loop(Arc::clone(socket), tx.clone())));
         }
         drop(tx);
         tokio::pin!(shutdown);
@@ -120,11 +107,10 @@ impl Driver {
                 got = inbound.recv() => {
                     let Some((from, data)) = got else { break };
                     if data.len() > self.max_message_size {
-                        self.stats.oversized += 1;
-                        tracing::warn!(%from, len = data.len(), "dropping SIP message over the size limit");
-                        continue;
+                        self.proxy.handle_oversized(Instant::now(), from, &data);
+                    } else {
+                        self.proxy.handle_datagram(Instant::now(), from, &data, &mut self.registry);
                     }
-                    self.proxy.handle_datagram(Instant::now(), from, &data, &mut self.registry);
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     self.proxy.handle_timeout(Instant::now());
@@ -193,13 +179,10 @@ impl Driver {
     }
 }
 
-async fn read_loop(
-    socket: Arc<UdpSocket>,
-    tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    max_message_size: usize,
-) {
-    // One byte more than the limit tells an oversized datagram from one that fits exactly.
-    let mut buf = vec![0u8; max_message_size.max(1) + 1];
+async fn read_loop(socket: Arc<UdpSocket>, tx: mpsc::Sender<(SocketAddr, Vec<u8>)>) {
+    // Whole datagrams are read (the largest UDP payload), so that one over `max_message_size`
+    // can still be answered 513 from its head; the driver applies the limit.
+    let mut buf = vec![0u8; 65_536];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((len, from)) => {
