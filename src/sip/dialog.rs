@@ -26,4 +26,22 @@ pub struct Dialog {
     pub state: DialogState,
     /// Status of the challenge while `Challenged` (to report it if the call is given up).
     pub challenge: Option<(u16, String)>,
+    /// To tag of the 2xx that confirmed the call: with forking (RFC 3261 §16.7 step 10 / §13.2.2.4)
+    /// other early or even confirmed dialogs of the same Call-ID exist, and only this one is the
+    /// recorded call.
+    pub callee_tag: Option<String>,
+}
+
+impl Dialog {
+    /// Whether a message with these From and To tags belongs to this call's dialog. Before the
+    /// call is confirmed every early dialog of the INVITE counts.
+    pub fn owns(&self, from_tag: &str, to_tag: &str) -> bool {
+        match &self.callee_tag {
+            None => true,
+            Some(callee) => {
+                (from_tag == self.caller_tag && to_tag == callee)
+                    || (from_tag == callee && to_tag == self.caller_tag)
+            }
+        }
+    }
 }

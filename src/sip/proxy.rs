@@ -488,6 +488,7 @@ impl Proxy {
                             caller_source: from,
                             state: DialogState::Proceeding,
                             challenge: None,
+                            callee_tag: None,
                         },
                     );
                 }
@@ -495,6 +496,11 @@ impl Proxy {
             return Some(Party::Caller);
         }
         let dialog = self.dialogs.get(call_id)?;
+        if !dialog.owns(&from_tag, req.to_tag().unwrap_or_default()) {
+            // Another fork's dialog (say the caller hanging up a second 2xx): not the
+            // recorded call, so no anchoring and no end of the recording.
+            return None;
+        }
         Some(if dialog.caller_tag == from_tag {
             Party::Caller
         } else {
@@ -739,8 +745,15 @@ impl Proxy {
         if let Some(at) = cleanup_at {
             self.schedule(at, Timer::ClientCleanup(ckey));
         }
-        // Only a live dialog is anchored: a 2xx retransmitted after the BYE must not open media.
-        if let Some(party) = party.filter(|_| self.dialogs.contains_key(&call_id)) {
+        // Only the call's live dialog is anchored: a 2xx retransmitted after the BYE, or one from
+        // a losing fork, must not open or move media.
+        let live = self.dialogs.get(&call_id).is_some_and(|d| {
+            d.owns(
+                resp.from_tag().unwrap_or_default(),
+                resp.to_tag().unwrap_or_default(),
+            )
+        });
+        if let Some(party) = party.filter(|_| live) {
             anchor_body(&mut resp, &call_id, party, now, media);
         }
         if initial_invite && first_final {
@@ -783,6 +796,7 @@ impl Proxy {
         if status < 300 {
             if dialog.state != DialogState::Confirmed {
                 dialog.state = DialogState::Confirmed;
+                dialog.callee_tag = resp.to_tag().map(str::to_string);
                 self.emit(now, call_id, CallEventKind::Answered);
             }
             return;

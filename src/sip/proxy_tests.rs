@@ -795,3 +795,62 @@ fn an_oversized_request_is_answered_513() {
     );
     assert!(h.drain().0.is_empty());
 }
+
+fn bye_to(tag: &str, branch: &str) -> String {
+    format!(
+        "BYE sip:pbx@192.0.2.5 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch={branch};rport\r\nRoute: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>;tag={tag}\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn forked_invite_the_confirmed_dialog_wins() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    // Two forks ring, each with early media; every 18x goes to the caller.
+    let (s1, _) = h.input(PBX, &response(&fwd, 180, "Ringing", Some("forkA"), "", SDP));
+    let (s2, _) = h.input(
+        PBX,
+        &response(&fwd, 183, "Session Progress", Some("forkB"), "", SDP),
+    );
+    assert_eq!((s1.len(), s2.len()), (1, 1));
+    assert_eq!(h.anchor.seen.len(), 3, "early media of both forks anchored");
+    // Fork A answers: the call is confirmed with it.
+    let ok_a = response(
+        &fwd,
+        200,
+        "OK",
+        Some("forkA"),
+        "Contact: <sip:a@192.0.2.5>\r\n",
+        SDP,
+    );
+    let (_, events) = h.input(PBX, &ok_a);
+    assert_eq!(events[0].kind, CallEventKind::Answered);
+    assert_eq!(h.anchor.seen.len(), 4);
+    // A 2xx from fork B too (RFC 3261 §16.7 step 10): forwarded, but it moves no media.
+    let ok_b = response(
+        &fwd,
+        200,
+        "OK",
+        Some("forkB"),
+        "Contact: <sip:b@192.0.2.5>\r\n",
+        SDP,
+    );
+    let (sends, events) = h.input(PBX, &ok_b);
+    assert_eq!(sends.len(), 1, "the caller gets it, to ACK and BYE it");
+    assert!(events.is_empty());
+    assert_eq!(
+        h.anchor.seen.len(),
+        4,
+        "the losing fork's SDP is not anchored"
+    );
+    // The caller hangs up fork B: not the recorded call.
+    let (sends, events) = h.input(PHONE, &bye_to("forkB", "z9hG4bKbyeB"));
+    assert_eq!(sends.len(), 1, "forwarded");
+    assert!(events.is_empty(), "{events:?}");
+    // Hanging up fork A ends it.
+    let (_, events) = h.input(PHONE, &bye_to("forkA", "z9hG4bKbyeA"));
+    assert_eq!(events[0].kind, CallEventKind::Bye { by: Party::Caller });
+}
