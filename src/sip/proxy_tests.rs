@@ -854,3 +854,59 @@ fn forked_invite_the_confirmed_dialog_wins() {
     let (_, events) = h.input(PHONE, &bye_to("forkA", "z9hG4bKbyeA"));
     assert_eq!(events[0].kind, CallEventKind::Bye { by: Party::Caller });
 }
+
+#[test]
+fn challenged_invite_resent_with_credentials_is_the_same_call() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    let challenge = response(
+        &fwd,
+        407,
+        "Proxy Authentication Required",
+        Some("pbx1"),
+        "Proxy-Authenticate: Digest realm=\"pbx\", nonce=\"abc\"\r\n",
+        "",
+    );
+    let (sends, events) = h.input(PBX, &challenge);
+    assert_eq!(sends.len(), 2, "ACK to the PBX, 407 to the caller");
+    assert!(
+        events.is_empty(),
+        "a challenge does not end the call: {events:?}"
+    );
+    // The caller's ACK ends at the proxy; the INVITE comes again with credentials.
+    let authed = invite()
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace("branch=z9hG4bKabc1", "branch=z9hG4bKabc2")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nProxy-Authorization: Digest username=\"a\", realm=\"pbx\", nonce=\"abc\", uri=\"sip:0295120000@192.0.2.10\", response=\"0\"\r\n",
+        );
+    let (sends, events) = h.input(PHONE, &authed);
+    let fwd2 = sends
+        .iter()
+        .find(|(to, _)| *to == addr(PBX))
+        .expect("forwarded")
+        .1
+        .clone();
+    assert!(
+        fwd2.contains("Proxy-Authorization: Digest username=\"a\""),
+        "credentials pass untouched"
+    );
+    // The registry hears of the INVITE again but keeps one record for the Call-ID.
+    assert!(matches!(events[0].kind, CallEventKind::Invite(_)));
+    let (_, events) = h.input(
+        PBX,
+        &response(
+            &fwd2,
+            200,
+            "OK",
+            Some("pbx2"),
+            "Contact: <sip:pbx@192.0.2.5>\r\n",
+            SDP,
+        ),
+    );
+    assert_eq!(events[0].kind, CallEventKind::Answered);
+    // The challenge's cleanup timer later does not report the answered call as failed.
+    let (_, events) = h.advance(Duration::from_secs(40));
+    assert!(events.is_empty(), "{events:?}");
+}
