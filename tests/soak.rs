@@ -1,0 +1,350 @@
+//! Bounded soak: 10,000 mixed calls (answered and hung up, rejected 486, cancelled while ringing)
+//! through the real daemon from four phones at once, signalling only, then the leak check: no
+//! call, dialog or media port left when the daemon is stopped, and one sidecar per call with the
+//! right outcome. Bounded in count and time (each call waits at most 5 s for any answer).
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recproxy::sip::msg::Message;
+use support::{sidecars, write_config, Daemon};
+
+const PHONES: usize = 4;
+const CALLS_PER_PHONE: usize = 2500;
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+
+fn parse(buf: &[u8]) -> Option<Message> {
+    Message::parse(buf).ok().map(|(m, _)| m)
+}
+
+/// A response to `req` from the PBX side, copying what RFC 3261 §8.2.6 / §12.1.1 require.
+fn respond(req: &Message, code: u16, reason: &str, tag: &str, body: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in req.header_all("Via") {
+        out.push_str(&format!("Via: {v}\r\n"));
+    }
+    if req.method() == Some("INVITE") {
+        for rr in req.header_all("Record-Route") {
+            out.push_str(&format!("Record-Route: {rr}\r\n"));
+        }
+    }
+    let to = req.header("To").unwrap_or_default();
+    if req.to_tag().is_some() {
+        out.push_str(&format!("To: {to}\r\n"));
+    } else {
+        out.push_str(&format!("To: {to};tag={tag}\r\n"));
+    }
+    out.push_str(&format!(
+        "From: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:pbx@127.0.0.1>\r\n",
+        req.header("From").unwrap_or_default(),
+        req.call_id().unwrap_or_default(),
+        req.header("CSeq").unwrap_or_default()
+    ));
+    if body.is_empty() {
+        out.push_str("Content-Length: 0\r\n\r\n");
+    } else {
+        out.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    }
+    out
+}
+
+/// The PBX side: answers by the called number's first letter: a = answer, b = busy, r = ring
+/// until cancelled.
+fn pbx(sock: UdpSocket, stop: Arc<AtomicUsize>) {
+    let mut ringing: HashMap<String, Message> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    while stop.load(Ordering::Relaxed) == 0 {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let Some(m) = parse(&buf[..n]) else { continue };
+        let call_id = m.call_id().unwrap_or_default().to_string();
+        let reply = |text: String| {
+            sock.send_to(text.as_bytes(), from).unwrap();
+        };
+        match m.method() {
+            Some("INVITE") => {
+                let user = m
+                    .request_uri()
+                    .unwrap_or_default()
+                    .trim_start_matches("sip:")
+                    .to_string();
+                match user.chars().next() {
+                    Some('b') => reply(respond(&m, 486, "Busy Here", "pbx", "")),
+                    Some('r') => {
+                        reply(respond(&m, 180, "Ringing", "pbx", ""));
+                        ringing.insert(call_id, m);
+                    }
+                    _ => reply(respond(&m, 200, "OK", "pbx", SDP)),
+                }
+            }
+            Some("CANCEL") => {
+                reply(respond(&m, 200, "OK", "pbx", ""));
+                if let Some(inv) = ringing.remove(&call_id) {
+                    reply(respond(&inv, 487, "Request Terminated", "pbx", ""));
+                }
+            }
+            Some("BYE") => reply(respond(&m, 200, "OK", "pbx", "")),
+            _ => {}
+        }
+    }
+}
+
+/// One request a phone sends.
+#[derive(Clone, Copy)]
+struct Req<'a> {
+    method: &'a str,
+    uri: &'a str,
+    call_id: &'a str,
+    branch: &'a str,
+    cseq: u32,
+    to_tag: Option<&'a str>,
+    route: Option<&'a str>,
+    body: &'a str,
+}
+
+struct Phone {
+    sock: UdpSocket,
+    me: SocketAddr,
+    proxy: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl Phone {
+    fn send(&self, text: &str) {
+        self.sock.send_to(text.as_bytes(), self.proxy).unwrap();
+    }
+
+    /// Waits for a response to `call_id` with status `code` (and method), skipping others.
+    fn expect(&mut self, call_id: &str, code: u16, method: &str) -> Message {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = self.sock.recv_from(&mut self.buf) {
+                if let Some(m) = parse(&self.buf[..n]) {
+                    if m.call_id() == Some(call_id)
+                        && m.status() == Some(code)
+                        && m.cseq().map(|(_, meth)| meth) == Some(method)
+                    {
+                        return m;
+                    }
+                }
+            }
+        }
+        panic!("{call_id}: no {code} to {method}");
+    }
+
+    fn request(&self, r: Req<'_>) -> String {
+        let me = self.me;
+        let mut out = format!(
+            "{} {} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={};rport\r\nMax-Forwards: 70\r\n",
+            r.method, r.uri, r.branch
+        );
+        if let Some(route) = r.route {
+            out.push_str(&format!("Route: {route}\r\n"));
+        }
+        let to_user = r
+            .uri
+            .trim_start_matches("sip:")
+            .split('@')
+            .next()
+            .unwrap_or_default();
+        let to_tag = r.to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        out.push_str(&format!(
+            "From: <sip:0401234567@127.0.0.1>;tag=ph\r\nTo: <sip:{to_user}@127.0.0.1>{to_tag}\r\n\
+             Call-ID: {}\r\nCSeq: {} {}\r\nContact: <sip:0401234567@{me}>\r\n",
+            r.call_id, r.cseq, r.method,
+        ));
+        if r.body.is_empty() {
+            out.push_str("Content-Length: 0\r\n\r\n");
+        } else {
+            out.push_str(&format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+                r.body.len(),
+                r.body
+            ));
+        }
+        out
+    }
+
+    fn call(&mut self, kind: char, call_id: &str) {
+        let uri = format!("sip:{kind}0295120000@127.0.0.1");
+        let branch = format!("z9hG4bK{call_id}");
+        let invite = Req {
+            method: "INVITE",
+            uri: &uri,
+            call_id,
+            branch: &branch,
+            cseq: 1,
+            to_tag: None,
+            route: None,
+            body: SDP,
+        };
+        self.send(&self.request(invite));
+        match kind {
+            'a' => {
+                let ok = self.expect(call_id, 200, "INVITE");
+                let route = ok.header("Record-Route").map(str::to_string);
+                let tag = ok.to_tag().unwrap_or_default().to_string();
+                let in_dialog = Req {
+                    uri: "sip:pbx@127.0.0.1",
+                    to_tag: Some(&tag),
+                    route: route.as_deref(),
+                    body: "",
+                    ..invite
+                };
+                let (ack_branch, bye_branch) = (format!("{branch}a"), format!("{branch}b"));
+                self.send(&self.request(Req {
+                    method: "ACK",
+                    branch: &ack_branch,
+                    ..in_dialog
+                }));
+                self.send(&self.request(Req {
+                    method: "BYE",
+                    branch: &bye_branch,
+                    cseq: 2,
+                    ..in_dialog
+                }));
+                self.expect(call_id, 200, "BYE");
+            }
+            'b' => {
+                let busy = self.expect(call_id, 486, "INVITE");
+                let tag = busy.to_tag().unwrap_or_default().to_string();
+                self.send(&self.request(Req {
+                    method: "ACK",
+                    to_tag: Some(&tag),
+                    body: "",
+                    ..invite
+                }));
+            }
+            _ => {
+                self.expect(call_id, 180, "INVITE");
+                self.send(&self.request(Req {
+                    method: "CANCEL",
+                    body: "",
+                    ..invite
+                }));
+                self.expect(call_id, 200, "CANCEL");
+                let term = self.expect(call_id, 487, "INVITE");
+                let tag = term.to_tag().unwrap_or_default().to_string();
+                self.send(&self.request(Req {
+                    method: "ACK",
+                    to_tag: Some(&tag),
+                    body: "",
+                    ..invite
+                }));
+            }
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_mixed_calls_leave_no_call_dialog_or_port_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let pbx_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = write_config(
+        root.path(),
+        pbx_sock.local_addr().unwrap(),
+        (44000, 45999),
+        "",
+    );
+    // The four phones share 127.0.0.1: lift the per-source flood limit for this test.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[media]", "max_rate = 100000\n\n[media]");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config);
+    let stop = Arc::new(AtomicUsize::new(0));
+    let pbx_thread = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || pbx(pbx_sock, stop))
+    };
+    let started = Instant::now();
+    let phones: Vec<_> = (0..PHONES)
+        .map(|p| {
+            let proxy = daemon.sip;
+            std::thread::spawn(move || {
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let me = sock.local_addr().unwrap();
+                let mut phone = Phone {
+                    sock,
+                    me,
+                    proxy,
+                    buf: vec![0u8; 65536],
+                };
+                for i in 0..CALLS_PER_PHONE {
+                    // 60 % answered, 20 % busy, 20 % cancelled.
+                    let kind = match i % 5 {
+                        0..=2 => 'a',
+                        3 => 'b',
+                        _ => 'r',
+                    };
+                    phone.call(kind, &format!("soak-{p}-{i}"));
+                }
+            })
+        })
+        .collect();
+    for phone in phones {
+        phone.join().expect("phone thread");
+    }
+    let signalling = started.elapsed();
+    stop.store(1, Ordering::Relaxed);
+    pbx_thread.join().unwrap();
+
+    // Every call has its final sidecar (the recorder writes them in order).
+    let total = PHONES * CALLS_PER_PHONE;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut states: HashMap<(String, String), usize> = HashMap::new();
+    while Instant::now() < deadline {
+        states.clear();
+        for p in sidecars(&daemon.dir) {
+            let Ok(bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let key = (
+                v["state"].as_str().unwrap_or("").to_string(),
+                v["end_reason"].as_str().unwrap_or("").to_string(),
+            );
+            *states.entry(key).or_default() += 1;
+        }
+        if states.values().sum::<usize>() == total && !states.keys().any(|(s, _)| s == "recording")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let get = |s: &str, r: &str| {
+        states
+            .get(&(s.to_string(), r.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(get("complete", "bye_caller"), total * 3 / 5, "{states:?}");
+    assert_eq!(get("not_recorded", "rejected"), total / 5, "{states:?}");
+    assert_eq!(get("not_recorded", "cancel"), total / 5, "{states:?}");
+
+    assert!(daemon.signal(libc::SIGTERM).success());
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("state at shutdown"))
+        .expect("shutdown state logged");
+    eprintln!("{total} calls of signalling in {signalling:?}; {line}");
+    for leak_free in ["active_calls=0", "media_port_pairs=0", "dialogs=0"] {
+        assert!(line.contains(leak_free), "{leak_free} expected: {line}");
+    }
+}
