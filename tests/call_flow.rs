@@ -25,6 +25,7 @@ fn spec(codec: Codec, talk: Duration) -> CallSpec {
         talk,
         drop_every: None,
         cancel_after_ringing: false,
+        hold: None,
         extra_headers: Vec::new(),
     }
 }

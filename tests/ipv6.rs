@@ -53,6 +53,7 @@ fn call_over_ipv6_loopback_is_relayed_and_recorded() {
         drop_every: None,
         cancel_after_ringing: false,
         extra_headers: Vec::new(),
+        hold: None,
     };
     let proxy = daemon.sip;
     let report = rt.block_on(async {

@@ -265,6 +265,7 @@ fn torture_messages_are_forwarded_or_rejected_as_the_rfcs_say_and_calls_still_wo
         talk: Duration::from_secs(2),
         drop_every: None,
         cancel_after_ringing: false,
+        hold: None,
         extra_headers: Vec::new(),
     };
     let proxy: SocketAddr = daemon.sip;

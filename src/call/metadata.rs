@@ -154,6 +154,10 @@ pub struct CallEventRecord {
     /// Event type: hold, resume, dtmf, transfer, codec_change, gap, pause.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Which party caused it (`caller` or `callee`), for events a party causes (hold, resume);
+    /// the key is left out when it does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The WAV file.
@@ -380,5 +384,30 @@ mod tests {
         assert_eq!(v["state"], "recording");
         assert_eq!(read_sidecar(&path).unwrap(), rec);
         assert!(!path.with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn event_by_is_written_only_when_known() {
+        let hold = CallEventRecord {
+            at_ms: 1000,
+            kind: "hold".into(),
+            by: Some("caller".into()),
+        };
+        let gap = CallEventRecord {
+            at_ms: 20,
+            kind: "gap".into(),
+            by: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&hold).unwrap(),
+            serde_json::json!({ "at_ms": 1000, "type": "hold", "by": "caller" })
+        );
+        assert_eq!(
+            serde_json::to_value(&gap).unwrap(),
+            serde_json::json!({ "at_ms": 20, "type": "gap" })
+        );
+        let back: CallEventRecord =
+            serde_json::from_value(serde_json::json!({ "at_ms": 20, "type": "gap" })).unwrap();
+        assert_eq!(back, gap);
     }
 }

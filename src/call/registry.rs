@@ -12,14 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use crate::call::metadata::{
-    day_dir, format_time, CallRecord, Decision, Direction, EndReason, RecordState, WavInfo,
+    day_dir, format_time, CallEventRecord, CallRecord, Decision, Direction, EndReason, RecordState,
+    WavInfo,
 };
 use crate::codec::Codec;
 use crate::media::ports::{PortError, PortPool};
 use crate::media::relay::{self, RelayControl, RelayEvent, RelayHandle};
 use crate::media::tap::{Tap, TapDrops};
 use crate::record::recorder::{CodecMap, Command, Recorder, StartRecording};
-use crate::sdp::{MediaView, Sdp};
+use crate::sdp::{Direction as MediaDirection, MediaView, Sdp};
 use crate::sip::proxy::{CallEvent, CallEventKind, InviteInfo, MediaAnchor, Party};
 
 /// What the registry needs from the configuration.
@@ -51,6 +52,81 @@ struct Stream {
     relay: RelayHandle,
 }
 
+/// A change of the call's hold state, with the party it is put down to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldChange {
+    Hold(Party),
+    Resume(Party),
+}
+
+/// Whether the call is on hold, from the latest SDP of each party for the recorded (audio)
+/// stream. Deliberately simple: the call is on hold while the latest SDP of *either* party is
+/// not `sendrecv` (`sendonly`, `recvonly` or `inactive`, RFC 3264 §8.4) or names the
+/// connection address `0.0.0.0` (the old RFC 2543 style). A `recvonly` offer (a party muting
+/// itself) therefore counts as a hold too.
+///
+/// Attribution: a hold is put down to the party whose SDP started it (normally the offerer of
+/// the holding re-INVITE; the complementary answer changes nothing). A resume is put down to
+/// the first party whose SDP stopped holding while the other's still did (normally the offerer
+/// of the resuming re-INVITE, even though the hold only ends with the answer), unless the
+/// other party then holds anew in its own SDP.
+#[derive(Debug, Default, Clone, Copy)]
+struct HoldState {
+    /// [caller, callee]: that party's latest SDP holds the media.
+    held: [bool; 2],
+    /// While on hold: who started it.
+    by: Option<Party>,
+    /// While on hold: the first party whose SDP stopped holding.
+    resuming: Option<Party>,
+}
+
+impl HoldState {
+    fn on_hold(&self) -> bool {
+        self.held[0] || self.held[1]
+    }
+
+    /// Takes `party`'s latest SDP into account; returns the change of the call's state, if any.
+    fn update(&mut self, party: Party, holds: bool) -> Option<HoldChange> {
+        let was = self.on_hold();
+        let before = std::mem::replace(&mut self.held[idx(party)], holds);
+        match (was, self.on_hold()) {
+            (false, true) => {
+                self.by = Some(party);
+                self.resuming = None;
+                Some(HoldChange::Hold(party))
+            }
+            (true, false) => {
+                self.by = None;
+                Some(HoldChange::Resume(self.resuming.take().unwrap_or(party)))
+            }
+            (true, true) => {
+                if before && !holds {
+                    self.resuming.get_or_insert(party);
+                } else if holds && self.resuming.is_some_and(|r| r != party) {
+                    // The other party answered the resume with a hold of its own.
+                    self.resuming = None;
+                    self.by = Some(party);
+                }
+                None
+            }
+            (false, false) => None,
+        }
+    }
+}
+
+/// Whether one party's SDP for a stream holds its media (see [`HoldState`]).
+fn holds(view: &MediaView) -> bool {
+    view.direction != MediaDirection::SendRecv
+        || view.connection.is_some_and(|ip| ip.is_unspecified())
+}
+
+fn party_name(party: Party) -> &'static str {
+    match party {
+        Party::Caller => "caller",
+        Party::Callee => "callee",
+    }
+}
+
 struct Recording {
     slot: u64,
     drops: Arc<TapDrops>,
@@ -73,6 +149,34 @@ struct Call {
     invite_at: Option<Instant>,
     answered_at: Option<Instant>,
     recording: Option<Recording>,
+    /// Hold state of the audio stream.
+    hold: HoldState,
+}
+
+impl Call {
+    /// Applies a hold change: a held call's relays stop timing out (it may carry no RTP for
+    /// minutes) and a recorded call notes the event with its offset into the recording.
+    fn hold_changed(&mut self, change: HoldChange, at: Instant) {
+        let Some(answered) = self.answered_at else {
+            return;
+        };
+        let (kind, by, ctl) = match change {
+            HoldChange::Hold(by) => ("hold", by, RelayControl::Disarm),
+            HoldChange::Resume(by) => ("resume", by, RelayControl::Arm),
+        };
+        for stream in self.streams.iter().flatten() {
+            stream.relay.control(ctl.clone());
+        }
+        tracing::info!(call_id = %self.call_id, recording_id = %self.record.recording_id, by = party_name(by), "call {kind}");
+        if self.recording.is_some() {
+            // The recording starts at answer in this version.
+            self.record.events.push(CallEventRecord {
+                at_ms: at.saturating_duration_since(answered).as_millis() as u64,
+                kind: kind.to_string(),
+                by: Some(party_name(by).to_string()),
+            });
+        }
+    }
 }
 
 /// See the module docs.
@@ -242,8 +346,13 @@ impl CallRegistry {
         }
         call.answered_at = Some(at);
         call.record.times.answer = Some(format_time(wall));
+        let held = call.hold.on_hold();
         for stream in call.streams.iter().flatten() {
-            stream.relay.control(RelayControl::Arm);
+            stream.relay.control(if held {
+                RelayControl::Disarm
+            } else {
+                RelayControl::Arm
+            });
         }
         if let Some(reason) = unrecordable(call) {
             tracing::warn!(%call_id, recording_id = %call.record.recording_id, %reason, "call is not recorded");
@@ -291,6 +400,10 @@ impl CallRegistry {
         })));
         call.recording = Some(Recording { slot, drops });
         tracing::info!(%call_id, recording_id = %call.record.recording_id, "recording started");
+        // Answered straight into a hold (the answer or a late offer said so): noted at 0.
+        if let Some(by) = call.hold.by.filter(|_| held) {
+            call.hold_changed(HoldChange::Hold(by), at);
+        }
     }
 
     /// Finalises a call that has left the registry: stops its relays (freeing the ports), and
@@ -346,6 +459,7 @@ impl CallRegistry {
         party: Party,
         sdp: &mut Sdp,
         views: &[MediaView],
+        now: Instant,
     ) -> Result<(), PortError> {
         let advertise = self.cfg.media_advertise;
         let timeout = self.cfg.media_timeout;
@@ -365,6 +479,7 @@ impl CallRegistry {
         // Streams opened by this SDP, released again if a later one cannot be: streams that
         // were already up (a re-INVITE failing) keep their media and their recording.
         let mut opened: Vec<usize> = Vec::new();
+        let mut hold_change = None;
         for view in views.iter().filter(|v| v.port != 0) {
             if call.streams.len() <= view.index {
                 call.streams.resize_with(view.index + 1, || None);
@@ -391,7 +506,7 @@ impl CallRegistry {
                     events.clone(),
                 ) {
                     Ok(relay) => {
-                        if call.answered_at.is_some() {
+                        if call.answered_at.is_some() && !call.hold.on_hold() {
                             relay.control(RelayControl::Arm);
                         }
                         call.streams[view.index] = Some(Stream { relay });
@@ -406,6 +521,11 @@ impl CallRegistry {
             let Some(stream) = call.streams[view.index].as_ref() else {
                 continue;
             };
+            let is_audio = view.kind.eq_ignore_ascii_case("audio")
+                && call.audio.is_none_or(|a| a == view.index);
+            if is_audio {
+                hold_change = call.hold.update(party, holds(view)).or(hold_change);
+            }
             // An unspecified address (RFC 3264 §8.4 old-style hold) is passed on as it is.
             let Some(ip) = view.connection.filter(|ip| !ip.is_unspecified()) else {
                 continue;
@@ -423,8 +543,7 @@ impl CallRegistry {
             if let Err(e) = sdp.rewrite_media(view.index, advertise, local.port()) {
                 tracing::warn!(%call_id, error = %e, "cannot rewrite SDP stream");
             }
-            if view.kind.eq_ignore_ascii_case("audio") && call.audio.is_none_or(|a| a == view.index)
-            {
+            if is_audio {
                 call.audio = Some(view.index);
                 call.encrypted |= view.encrypted;
                 let (map, unknown) = codec_map(view);
@@ -438,6 +557,9 @@ impl CallRegistry {
                 }
             }
         }
+        if let Some(change) = hold_change {
+            call.hold_changed(change, now);
+        }
         Ok(())
     }
 }
@@ -448,7 +570,7 @@ impl MediaAnchor for CallRegistry {
         call_id: &str,
         party: Party,
         body: &[u8],
-        _now: Instant,
+        now: Instant,
     ) -> Option<Vec<u8>> {
         let mut sdp = match Sdp::parse(body) {
             Ok(sdp) => sdp,
@@ -459,7 +581,7 @@ impl MediaAnchor for CallRegistry {
             }
         };
         let views = sdp.media();
-        match self.anchor(call_id, party, &mut sdp, &views) {
+        match self.anchor(call_id, party, &mut sdp, &views, now) {
             Ok(()) => Some(sdp.to_bytes()),
             Err(e) => {
                 // The SDP goes on unchanged: media the proxy had not anchored yet flows directly
@@ -551,6 +673,7 @@ fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mu
         invite_at: None,
         answered_at: None,
         recording: None,
+        hold: HoldState::default(),
     })
 }
 
@@ -644,6 +767,171 @@ mod tests {
         reg.on_event(event(CallEventKind::Bye { by: Party::Caller }));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!((reg.active_calls(), reg.ports_in_use()), (0, 0));
+    }
+
+    #[test]
+    fn hold_is_put_down_to_the_offerer_and_resume_to_the_resumer() {
+        use HoldChange::{Hold, Resume};
+        let mut h = HoldState::default();
+        // Caller holds (sendonly offer), callee answers recvonly: one hold, by the caller.
+        assert_eq!(h.update(Party::Caller, true), Some(Hold(Party::Caller)));
+        assert_eq!(h.update(Party::Callee, true), None);
+        // A retransmitted answer changes nothing.
+        assert_eq!(h.update(Party::Callee, true), None);
+        // Caller resumes (sendrecv offer): the hold ends with the sendrecv answer, by the caller.
+        assert_eq!(h.update(Party::Caller, false), None);
+        assert!(h.on_hold());
+        assert_eq!(h.update(Party::Callee, false), Some(Resume(Party::Caller)));
+        assert!(!h.on_hold());
+        // The callee holds with an old-style c=0.0.0.0 offer the caller answers sendrecv.
+        assert_eq!(h.update(Party::Callee, true), Some(Hold(Party::Callee)));
+        assert_eq!(h.update(Party::Caller, false), None);
+        assert_eq!(h.update(Party::Callee, false), Some(Resume(Party::Callee)));
+        // A resume offer answered with a hold of the answerer's own: the answerer resumes later.
+        assert_eq!(h.update(Party::Caller, true), Some(Hold(Party::Caller)));
+        assert_eq!(h.update(Party::Callee, true), None);
+        assert_eq!(h.update(Party::Caller, false), None);
+        assert_eq!(h.update(Party::Callee, true), None);
+        assert_eq!(h.by, Some(Party::Callee));
+        assert_eq!(h.update(Party::Callee, false), Some(Resume(Party::Callee)));
+    }
+
+    fn sdp_body(port: u16, addr: &str, direction: &str, version: u32) -> Vec<u8> {
+        format!(
+            "v=0\r\no=- 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n{direction}"
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn hold_and_resume_are_recorded_as_events_and_pause_the_media_timeout() {
+        let (mut reg, mut relay_events, _dir) = registry(Duration::from_millis(600), 43500);
+        let t0 = Instant::now();
+        let invite = InviteInfo {
+            from_pbx: false,
+            source: "127.0.0.1:5060".parse().unwrap(),
+            request_uri_user: Some("100".into()),
+            to_user: None,
+            from_user: None,
+            asserted_user: None,
+        };
+        reg.on_sdp(
+            "c1",
+            Party::Caller,
+            &sdp_body(5000, "127.0.0.1", "a=sendrecv\r\n", 1),
+            t0,
+        )
+        .unwrap();
+        reg.on_event(event(CallEventKind::Invite(invite)));
+        reg.on_sdp("c1", Party::Callee, &sdp_body(6000, "127.0.0.1", "", 1), t0)
+            .unwrap();
+        reg.on_event(CallEvent {
+            call_id: "c1".into(),
+            at: t0,
+            kind: CallEventKind::Answered,
+        });
+        let events = |reg: &CallRegistry| reg.calls["c1"].record.events.clone();
+        assert!(events(&reg).is_empty());
+        let ms = Duration::from_millis;
+        // Caller: sendonly re-INVITE at 1 s; the callee answers recvonly.
+        let offer = reg
+            .on_sdp(
+                "c1",
+                Party::Caller,
+                &sdp_body(5000, "127.0.0.1", "a=sendonly\r\n", 2),
+                t0 + ms(1000),
+            )
+            .unwrap();
+        assert!(
+            String::from_utf8(offer).unwrap().contains("a=sendonly"),
+            "direction passed on"
+        );
+        reg.on_sdp(
+            "c1",
+            Party::Callee,
+            &sdp_body(6000, "127.0.0.1", "a=recvonly\r\n", 2),
+            t0 + ms(1010),
+        )
+        .unwrap();
+        // No RTP at all for longer than the media timeout: the held call stays up.
+        let quiet = tokio::time::timeout(ms(1500), relay_events.recv()).await;
+        assert!(quiet.is_err(), "a held call timed out: {quiet:?}");
+        // Resume with sendrecv at 2.5 s, answered sendrecv.
+        reg.on_sdp(
+            "c1",
+            Party::Caller,
+            &sdp_body(5000, "127.0.0.1", "a=sendrecv\r\n", 3),
+            t0 + ms(2500),
+        )
+        .unwrap();
+        reg.on_sdp(
+            "c1",
+            Party::Callee,
+            &sdp_body(6000, "127.0.0.1", "a=sendrecv\r\n", 3),
+            t0 + ms(2505),
+        )
+        .unwrap();
+        let by = |p: &str| Some(p.to_string());
+        assert_eq!(
+            events(&reg),
+            vec![
+                CallEventRecord {
+                    at_ms: 1000,
+                    kind: "hold".into(),
+                    by: by("caller")
+                },
+                CallEventRecord {
+                    at_ms: 2505,
+                    kind: "resume".into(),
+                    by: by("caller")
+                },
+            ]
+        );
+        // An old-style hold from the callee (c=0.0.0.0), then resumed by it.
+        reg.on_sdp(
+            "c1",
+            Party::Callee,
+            &sdp_body(6000, "0.0.0.0", "", 4),
+            t0 + ms(3000),
+        )
+        .unwrap();
+        reg.on_sdp(
+            "c1",
+            Party::Caller,
+            &sdp_body(5000, "127.0.0.1", "", 4),
+            t0 + ms(3001),
+        )
+        .unwrap();
+        reg.on_sdp(
+            "c1",
+            Party::Callee,
+            &sdp_body(6000, "127.0.0.1", "", 5),
+            t0 + ms(3500),
+        )
+        .unwrap();
+        let tail: Vec<_> = events(&reg).into_iter().skip(2).collect();
+        assert_eq!(
+            tail,
+            vec![
+                CallEventRecord {
+                    at_ms: 3000,
+                    kind: "hold".into(),
+                    by: by("callee")
+                },
+                CallEventRecord {
+                    at_ms: 3500,
+                    kind: "resume".into(),
+                    by: by("callee")
+                },
+            ]
+        );
+        // Resumed: the media timeout applies again.
+        let ended = tokio::time::timeout(Duration::from_secs(3), relay_events.recv()).await;
+        assert!(
+            matches!(ended, Ok(Some(RelayEvent::Timeout { .. }))),
+            "{ended:?}"
+        );
     }
 
     #[test]

@@ -174,6 +174,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
             talk: opts.talk,
             drop_every: None,
             cancel_after_ringing: false,
+            hold: None,
             extra_headers: Vec::new(),
         };
         let phone = Phone::bind(loopback).await?;

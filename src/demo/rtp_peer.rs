@@ -1,9 +1,12 @@
 //! RTP endpoint of the demo and test user agents: one UDP socket that plays a tone as 20 ms
-//! packets on an absolute schedule (optionally dropping every Nth to simulate loss) and counts
-//! what comes back on the same socket (symmetric RTP, so a relay can latch on our source).
+//! packets on an absolute schedule (optionally dropping every Nth to simulate loss, or pausing
+//! from outside while the call is on hold) and counts what comes back on the same socket
+//! (symmetric RTP, so a relay can latch on our source).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::UdpSocket;
@@ -35,6 +38,32 @@ pub struct PlayConfig {
     pub drop_every: Option<u32>,
     /// SSRC of the stream.
     pub ssrc: u32,
+    /// Switch to pause sending from outside (hold).
+    pub pause: Pause,
+}
+
+/// A shared switch that pauses a playing [`RtpPeer`] (a call on hold) and resumes it. While
+/// paused nothing is sent, but the RTP clock runs on as with a real phone: the first packet
+/// after the pause carries the marker bit, the next sequence number, and a timestamp that has
+/// jumped by the length of the pause (RFC 3550 §5.1, RFC 3551 §4.1).
+#[derive(Debug, Clone, Default)]
+pub struct Pause(Arc<AtomicBool>);
+
+impl Pause {
+    /// Stops sending from the next packet on.
+    pub fn pause(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Sends again from the next packet on.
+    pub fn resume(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether sending is paused.
+    pub fn is_paused(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// What happened while playing.
@@ -44,6 +73,8 @@ pub struct RtpStats {
     pub sent: u64,
     /// Packets scheduled but deliberately not sent (`drop_every`).
     pub dropped: u64,
+    /// Packet times that passed while paused (nothing sent, no sequence number used).
+    pub paused: u64,
     /// RTP packets received on our socket (RTCP and non-RTP datagrams are not counted).
     pub received: u64,
     /// Source of the first received RTP packet.
@@ -133,6 +164,14 @@ impl RtpPeer {
                 _ = ticker.tick(), if index < total => {
                     tone.fill(&mut pcm);
                     index += 1;
+                    if cfg.pause.is_paused() {
+                        // Silence, not loss: the clock runs on, the sequence does not, and the
+                        // first packet after the pause starts a talkspurt.
+                        stats.paused += 1;
+                        header.marker = true;
+                        header.timestamp = header.timestamp.wrapping_add(samples_per_packet as u32);
+                        continue;
+                    }
                     let drop_this = matches!(cfg.drop_every, Some(n) if n > 0 && index % u64::from(n) == 0);
                     if drop_this {
                         stats.dropped += 1;
@@ -201,6 +240,7 @@ mod tests {
             duration: Duration::from_millis(duration_ms),
             drop_every,
             ssrc: 0x1234_5678,
+            pause: Pause::default(),
         }
     }
 
@@ -272,6 +312,44 @@ mod tests {
             .await;
         assert!(began.elapsed() < Duration::from_secs(2));
         assert!(stats.sent >= 4 && stats.sent <= 7, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn paused_peer_keeps_its_clock_and_sequence_running_silently() {
+        let a = RtpPeer::bind(LOCALHOST).await.unwrap();
+        let sink = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let c = cfg(400, None);
+        let pause = c.pause.clone();
+        let play = a.play(sink.local_addr().unwrap(), &c, std::future::pending());
+        let switch = async {
+            // Paused from about packet 5 to about packet 12.
+            tokio::time::sleep(Duration::from_millis(90)).await;
+            pause.pause();
+            tokio::time::sleep(Duration::from_millis(140)).await;
+            pause.resume();
+        };
+        let (stats, ()) = tokio::join!(play, switch);
+        assert_eq!(stats.sent + stats.paused, 20, "{stats:?}");
+        assert!((5..=9).contains(&stats.paused), "{stats:?}");
+        let mut buf = [0u8; 2048];
+        let mut headers = Vec::new();
+        for _ in 0..stats.sent {
+            let (len, _) = sink.recv_from(&mut buf).await.unwrap();
+            headers.push(rtp::parse(&buf[..len]).unwrap().0);
+        }
+        let mut jumps = 0;
+        for w in headers.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "no sequence gap");
+            let step = w[1].timestamp.wrapping_sub(w[0].timestamp);
+            if step == 160 {
+                assert!(!w[1].marker);
+            } else {
+                assert_eq!(u64::from(step), 160 * (stats.paused + 1));
+                assert!(w[1].marker, "a talkspurt starts after the pause");
+                jumps += 1;
+            }
+        }
+        assert_eq!(jumps, 1);
     }
 
     #[test]

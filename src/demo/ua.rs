@@ -18,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::codec::Codec;
-use crate::demo::rtp_peer::{self, PlayConfig, RtpPeer, RtpStats};
+use crate::demo::rtp_peer::{self, Pause, PlayConfig, RtpPeer, RtpStats};
 
 /// RTT estimate, RFC 3261 §17.1.1.1.
 const T1: Duration = Duration::from_millis(500);
@@ -88,6 +88,11 @@ pub struct CallSpec {
     pub drop_every: Option<u32>,
     /// send CANCEL after the first 180
     pub cancel_after_ringing: bool,
+    /// Put the call on hold once: (offset into the talk time, hold length). At the offset the
+    /// phone stops its RTP (the RTP clock runs on) and sends a re-INVITE with `a=sendonly`;
+    /// after the hold length (counted from the offset) a re-INVITE with `a=sendrecv`, and it
+    /// sends again once that is answered.
+    pub hold: Option<(Duration, Duration)>,
     /// added to the INVITE (e.g. P-Asserted-Identity)
     pub extra_headers: Vec<(String, String)>,
 }
@@ -116,6 +121,10 @@ pub struct CallReport {
     pub answered_at: Option<SystemTime>,
     /// When our BYE was first sent (None if the other side hung up or the call was not answered).
     pub bye_sent_at: Option<SystemTime>,
+    /// When the holding re-INVITE was first sent (`CallSpec::hold`).
+    pub hold_sent_at: Option<SystemTime>,
+    /// When the resuming re-INVITE was first sent.
+    pub resume_sent_at: Option<SystemTime>,
     /// Media statistics of an answered call.
     pub rtp: Option<RtpStats>,
 }
@@ -600,6 +609,7 @@ fn reason_phrase(code: u16) -> &'static str {
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
+        491 => "Request Pending",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -724,6 +734,51 @@ fn quote_display(name: &str) -> String {
 // SDP (minimal: the first audio stream's address, payload types and rtpmaps)
 // ---------------------------------------------------------------------------------------------
 
+/// Media direction attribute (RFC 3264 §5.1, §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaDir {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl MediaDir {
+    fn parse(attr: &str) -> Option<MediaDir> {
+        match attr {
+            "sendrecv" => Some(MediaDir::SendRecv),
+            "sendonly" => Some(MediaDir::SendOnly),
+            "recvonly" => Some(MediaDir::RecvOnly),
+            "inactive" => Some(MediaDir::Inactive),
+            _ => None,
+        }
+    }
+
+    fn attr(self) -> &'static str {
+        match self {
+            MediaDir::SendRecv => "sendrecv",
+            MediaDir::SendOnly => "sendonly",
+            MediaDir::RecvOnly => "recvonly",
+            MediaDir::Inactive => "inactive",
+        }
+    }
+
+    /// The direction an answer takes to an offer of `self` when the answerer is willing to do
+    /// whatever the offerer wants (RFC 3264 §6.1).
+    fn complement(self) -> MediaDir {
+        match self {
+            MediaDir::SendOnly => MediaDir::RecvOnly,
+            MediaDir::RecvOnly => MediaDir::SendOnly,
+            other => other,
+        }
+    }
+
+    /// Whether the author of an SDP with this direction may send.
+    fn sends(self) -> bool {
+        matches!(self, MediaDir::SendRecv | MediaDir::SendOnly)
+    }
+}
+
 /// The first `m=audio` stream of an SDP body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct SdpAudio {
@@ -732,6 +787,8 @@ struct SdpAudio {
     pts: Vec<u8>,
     /// (payload type, encoding name, clock rate)
     rtpmaps: Vec<(u8, String, u32)>,
+    /// Media-level direction, else session-level, else sendrecv.
+    direction: MediaDir,
 }
 
 fn parse_sdp(body: &str) -> Option<SdpAudio> {
@@ -740,6 +797,8 @@ fn parse_sdp(body: &str) -> Option<SdpAudio> {
     let mut port: Option<u16> = None;
     let mut pts = Vec::new();
     let mut rtpmaps = Vec::new();
+    let mut session_dir: Option<MediaDir> = None;
+    let mut media_dir: Option<MediaDir> = None;
     // 0: session level, 1: in the first audio m=, 2: past it
     let mut state = 0u8;
     for line in body.lines().map(str::trim) {
@@ -763,6 +822,12 @@ fn parse_sdp(body: &str) -> Option<SdpAudio> {
                 1 => media_ip = ip,
                 _ => {}
             }
+        } else if let Some(dir) = line.strip_prefix("a=").and_then(MediaDir::parse) {
+            match state {
+                0 => session_dir = Some(dir),
+                1 => media_dir = Some(dir),
+                _ => {}
+            }
         } else if let Some(rest) = line.strip_prefix("a=rtpmap:") {
             if state == 1 {
                 let mut f = rest.split_whitespace();
@@ -781,6 +846,7 @@ fn parse_sdp(body: &str) -> Option<SdpAudio> {
         addr: SocketAddr::new(ip, port?),
         pts,
         rtpmaps,
+        direction: media_dir.or(session_dir).unwrap_or(MediaDir::SendRecv),
     })
 }
 
@@ -807,14 +873,41 @@ impl SdpAudio {
     }
 }
 
+/// A fresh SDP session id, also the first version (RFC 4566 §5.2 suggests an NTP timestamp;
+/// any number works).
+fn new_sdp_session() -> u64 {
+    rtp_peer::random_u64() >> 34
+}
+
 /// An SDP body offering/answering one audio stream (plus telephone-events when `te_pt` is set).
+#[cfg(test)]
 fn build_sdp(addr: SocketAddr, pt: u8, codec: Codec, te_pt: Option<u8>) -> String {
+    let session = new_sdp_session();
+    sdp_body(
+        addr,
+        pt,
+        codec,
+        te_pt,
+        (session, session),
+        MediaDir::SendRecv,
+    )
+}
+
+/// `build_sdp` with a given `o=` session id and version (a changed session description keeps
+/// the id and increments the version, RFC 3264 §8) and direction attribute.
+fn sdp_body(
+    addr: SocketAddr,
+    pt: u8,
+    codec: Codec,
+    te_pt: Option<u8>,
+    (session, version): (u64, u64),
+    direction: MediaDir,
+) -> String {
     let ip = advertised_ip(addr.ip());
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
-    let session = rtp_peer::random_u64() >> 34;
     let te_fmt = te_pt.map(|p| format!(" {p}")).unwrap_or_default();
     let mut sdp = format!(
-        "v=0\r\no=- {session} {session} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
+        "v=0\r\no=- {session} {version} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP {pt}{te_fmt}\r\na=rtpmap:{pt} {name}/{rate}\r\n",
         port = addr.port(),
         name = codec.name(),
@@ -825,7 +918,7 @@ fn build_sdp(addr: SocketAddr, pt: u8, codec: Codec, te_pt: Option<u8>) -> Strin
             "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n"
         ));
     }
-    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    sdp.push_str(&format!("a=ptime:20\r\na={}\r\n", direction.attr()));
     sdp
 }
 
@@ -977,14 +1070,22 @@ struct UacDialog {
 impl UacDialog {
     /// An in-dialog request with a fresh branch.
     fn request(&self, method: &str, cseq: u32, local: SocketAddr) -> Vec<u8> {
+        self.request_with(method, cseq, local, &InDialog::default())
+    }
+
+    /// An in-dialog request with the given branch (else a fresh one), Contact and SDP body.
+    fn request_with(
+        &self,
+        method: &str,
+        cseq: u32,
+        local: SocketAddr,
+        extra: &InDialog<'_>,
+    ) -> Vec<u8> {
         let mut b = MsgBuilder::new(&format!("{method} {} SIP/2.0", self.remote_target));
+        let branch = extra.branch.map_or_else(new_branch, str::to_string);
         b.header(
             "Via",
-            &format!(
-                "SIP/2.0/UDP {};branch={};rport",
-                host_port(local),
-                new_branch()
-            ),
+            &format!("SIP/2.0/UDP {};branch={branch};rport", host_port(local)),
         );
         b.header("Max-Forwards", "70");
         for route in &self.route_set {
@@ -995,8 +1096,42 @@ impl UacDialog {
             .header("Call-ID", &self.call_id)
             .header("CSeq", &format!("{cseq} {method}"))
             .header("User-Agent", PRODUCT);
-        b.finish(None)
+        if let Some(contact) = extra.contact {
+            b.header("Contact", contact);
+        }
+        b.finish(extra.sdp.map(|sdp| ("application/sdp", sdp)))
     }
+}
+
+/// Optional parts of an in-dialog request.
+#[derive(Default)]
+struct InDialog<'a> {
+    /// Reuse this Via branch (the ACK of a non-2xx final, RFC 3261 §17.1.1.3).
+    branch: Option<&'a str>,
+    contact: Option<&'a str>,
+    sdp: Option<&'a str>,
+}
+
+/// A re-INVITE of ours in progress: the INVITE client transaction (RFC 3261 §17.1.1, §14.1).
+struct ReInvite {
+    bytes: Vec<u8>,
+    branch: String,
+    cseq: u32,
+    /// Resuming (sendrecv) rather than holding.
+    resume: bool,
+    /// Timer A; `None` once a provisional response arrived.
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    /// Timer B.
+    deadline: Instant,
+}
+
+/// The ACK for a retransmitted 2xx to one of our INVITEs (initial or re-INVITE), by CSeq.
+fn ack_for<'a>(msg: &SipMsg, acks: &'a [(u32, Vec<u8>)]) -> Option<&'a [u8]> {
+    let (num, _) = msg.cseq()?;
+    acks.iter()
+        .find(|(n, _)| *n == num)
+        .map(|(_, bytes)| bytes.as_slice())
 }
 
 /// How the INVITE transaction ended.
@@ -1034,6 +1169,10 @@ impl Phone {
     /// RFC 3261 §9.1) after the first 180, expect 200 to CANCEL and 487 to INVITE, ACK the 487, Cancelled.
     /// Each call gets a unique Call-ID, From tag, branch (z9hG4bK...). Overall bounded by timeouts (never hang).
     ///
+    /// With `spec.hold`: hold and resume re-INVITEs during the talk time (see [`CallSpec::hold`]),
+    /// each an INVITE client transaction of its own (Timer A/B, ACK for its 2xx, CSeq + 1);
+    /// the BYE then takes the next CSeq.
+    ///
     /// If the other side sends BYE first it gets 200 and the call ends without our BYE.
     pub async fn call(&self, proxy: SocketAddr, spec: &CallSpec) -> Result<CallReport, UaError> {
         let local_host = advertised_ip(self.local.ip());
@@ -1053,7 +1192,18 @@ impl Phone {
         let rtp = RtpPeer::bind(self.local.ip()).await?;
         let rtp_addr = SocketAddr::new(local_host, rtp.local_addr().port());
         let pt = rtp_peer::payload_type(spec.codec);
-        let offer = build_sdp(rtp_addr, pt, spec.codec, Some(TELEPHONE_EVENT_PT));
+        let sdp_session = new_sdp_session();
+        let sdp_for = |version: u64, direction: MediaDir| {
+            sdp_body(
+                rtp_addr,
+                pt,
+                spec.codec,
+                Some(TELEPHONE_EVENT_PT),
+                (sdp_session, sdp_session + version),
+                direction,
+            )
+        };
+        let offer = sdp_for(0, MediaDir::SendRecv);
 
         let ruri = format!("sip:{}@{}", spec.to_user, host_port(proxy));
         let from_uri = format!("sip:{}@{}", spec.from_user, host_of(local_host));
@@ -1191,6 +1341,8 @@ impl Phone {
                     invite_sent_at,
                     answered_at: None,
                     bye_sent_at: None,
+                    hold_sent_at: None,
+                    resume_sent_at: None,
                     rtp: None,
                 });
             }
@@ -1222,6 +1374,12 @@ impl Phone {
             .and_then(|m| m.first_codec().map(|(_, codec)| (m.addr, codec)));
         let mut remote_hung_up = false;
         let mut stats = None;
+        // CSeq of our last request in the dialog, and the ACK of each 2xx we got by CSeq (a
+        // retransmitted 2xx is ACKed again, RFC 3261 §13.2.2.4).
+        let mut cseq = 1u32;
+        let mut acks: Vec<(u32, Vec<u8>)> = vec![(1, ack)];
+        let mut hold_sent_at = None;
+        let mut resume_sent_at = None;
         // A 2xx that crossed our CANCEL: the call exists, so it is ended at once (§9.1).
         if let (Some((remote_rtp, codec)), None) = (media, cancel.as_ref()) {
             let cfg = PlayConfig {
@@ -1230,7 +1388,12 @@ impl Phone {
                 duration: spec.talk,
                 drop_every: spec.drop_every,
                 ssrc: rtp_peer::random_u64() as u32,
+                pause: Pause::default(),
             };
+            let talk_start = Instant::now();
+            // The next hold step: when, and whether it resumes.
+            let mut hold_step = spec.hold.map(|(at, _)| (talk_start + at, false));
+            let mut reinvite: Option<ReInvite> = None;
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let mut stop_tx = Some(stop_tx);
             let play = rtp.play(remote_rtp, &cfg, async {
@@ -1238,13 +1401,95 @@ impl Phone {
             });
             tokio::pin!(play);
             stats = Some(loop {
+                let wake = match &reinvite {
+                    Some(r) => Some(r.retransmit_at.map_or(r.deadline, |at| at.min(r.deadline))),
+                    None => hold_step.map(|(at, _)| at),
+                };
                 tokio::select! {
                     s = &mut play => break s,
+                    () = tokio::time::sleep_until(wake.unwrap_or(talk_start)), if wake.is_some() => {
+                        let now = Instant::now();
+                        if let Some(r) = reinvite.as_mut() {
+                            if now >= r.deadline {
+                                // Timer B: the hold change failed; talk on unheld.
+                                tracing::debug!(%call_id, cseq = r.cseq, "re-INVITE timed out");
+                                cfg.pause.resume();
+                                reinvite = None;
+                            } else {
+                                send(&self.socket, &r.bytes, proxy).await;
+                                r.interval *= 2;
+                                r.retransmit_at = Some(now + r.interval);
+                            }
+                            continue;
+                        }
+                        let Some((_, resume)) = hold_step.take() else { continue };
+                        cseq += 1;
+                        let direction = if resume {
+                            resume_sent_at = Some(SystemTime::now());
+                            MediaDir::SendRecv
+                        } else {
+                            // On hold we send nothing; the RTP clock runs on.
+                            cfg.pause.pause();
+                            hold_sent_at = Some(SystemTime::now());
+                            MediaDir::SendOnly
+                        };
+                        let sdp = sdp_for(u64::from(cseq) - 1, direction);
+                        let branch = new_branch();
+                        let bytes = dialog.request_with(
+                            "INVITE",
+                            cseq,
+                            self.local,
+                            &InDialog { branch: Some(&branch), contact: Some(&contact), sdp: Some(&sdp) },
+                        );
+                        send(&self.socket, &bytes, proxy).await;
+                        reinvite = Some(ReInvite {
+                            bytes,
+                            branch,
+                            cseq,
+                            resume,
+                            retransmit_at: Some(now + T1),
+                            interval: T1,
+                            deadline: now + TIMER_64T1,
+                        });
+                    }
                     m = rx.recv() => {
                         let Some((msg, from_addr)) = m else { return Err(UaError::Closed) };
-                        if msg.code().is_some() {
-                            if msg.is_invite_2xx() {
+                        let ours = reinvite.as_ref().is_some_and(|r| msg.answers("INVITE", &r.branch));
+                        if let (true, Some(r)) = (ours, reinvite.as_mut()) {
+                            let code = msg.code().unwrap_or_default();
+                            if code < 200 {
+                                r.retransmit_at = None;
+                                continue;
+                            }
+                            let done = reinvite.take();
+                            let Some(r) = done else { continue };
+                            if code < 300 {
+                                let ack = dialog.request("ACK", r.cseq, self.local);
                                 send(&self.socket, &ack, proxy).await;
+                                acks.push((r.cseq, ack));
+                                if r.resume {
+                                    cfg.pause.resume();
+                                } else if let Some((at, len)) = spec.hold {
+                                    hold_step = Some((talk_start + at + len, true));
+                                }
+                            } else {
+                                // Non-2xx final: ACK on the same branch (§17.1.1.3); the
+                                // session stays as it was before, so we talk on unheld.
+                                let ack = dialog.request_with(
+                                    "ACK",
+                                    r.cseq,
+                                    self.local,
+                                    &InDialog { branch: Some(&r.branch), ..InDialog::default() },
+                                );
+                                send(&self.socket, &ack, proxy).await;
+                                tracing::debug!(%call_id, code, "re-INVITE refused");
+                                cfg.pause.resume();
+                            }
+                        } else if msg.code().is_some() {
+                            if msg.is_invite_2xx() {
+                                if let Some(ack) = ack_for(&msg, &acks) {
+                                    send(&self.socket, ack, proxy).await;
+                                }
                             }
                         } else if msg.method() == Some("BYE") {
                             remote_hung_up = true;
@@ -1262,7 +1507,7 @@ impl Phone {
 
         let mut bye_sent_at = None;
         if !remote_hung_up {
-            let bye = dialog.request("BYE", 2, self.local);
+            let bye = dialog.request("BYE", cseq + 1, self.local);
             let bye_branch = SipMsg::parse(&bye)
                 .and_then(|m| m.top_branch())
                 .unwrap_or_default();
@@ -1288,7 +1533,9 @@ impl Phone {
                             }
                         } else if msg.code().is_some() {
                             if msg.is_invite_2xx() {
-                                send(&self.socket, &ack, proxy).await;
+                                if let Some(ack) = ack_for(&msg, &acks) {
+                                    send(&self.socket, ack, proxy).await;
+                                }
                             }
                         } else {
                             answer_in_dialog(&self.socket, &msg, from_addr).await;
@@ -1321,13 +1568,16 @@ impl Phone {
             invite_sent_at,
             answered_at: Some(answered_at),
             bye_sent_at,
+            hold_sent_at,
+            resume_sent_at,
             rtp: stats,
         })
     }
 }
 
 /// Answers a request inside a live call we do not act on specially: BYE/OPTIONS/INFO 200,
-/// re-INVITE 488 (the demo agents do not renegotiate, RFC 3261 §14.2), ACK nothing, other 405.
+/// re-INVITE 488 (the phone does not accept renegotiation from the other side, RFC 3261 §14.2;
+/// the PBX answers re-INVITEs itself, in `UasCall::accept`), ACK nothing, other 405.
 async fn answer_in_dialog(socket: &UdpSocket, msg: &SipMsg, from: SocketAddr) {
     let code = match msg.method() {
         None | Some("ACK") => return,
@@ -1547,6 +1797,17 @@ struct UasCall {
     last_response: Option<Vec<u8>>,
 }
 
+/// A 2xx to a re-INVITE at the PBX, retransmitted until its ACK (RFC 3261 §13.3.1.4).
+struct Pending2xx {
+    cseq: u32,
+    bytes: Vec<u8>,
+    to: SocketAddr,
+    acked: bool,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
 /// What happened while waiting for something at the PBX.
 enum Waited {
     /// The wait ended on time.
@@ -1681,7 +1942,10 @@ impl UasCall {
     }
 
     /// Answers with 200 + SDP, plays the tone and ends on BYE (RFC 3261 §13.3.1.4: the 2xx is
-    /// retransmitted until ACK, for at most 64·T1).
+    /// retransmitted until ACK, for at most 64·T1). A re-INVITE is answered 200 with the
+    /// complementary direction (sendonly → recvonly, recvonly → sendonly, inactive and sendrecv
+    /// stay; same port and codec, `o=` version + 1); the tone stops while that direction, or an
+    /// offered `c=0.0.0.0`, forbids sending, and resumes after (the RTP clock runs on).
     async fn accept(
         &mut self,
         rx: &mut mpsc::Receiver<Incoming>,
@@ -1703,7 +1967,27 @@ impl UasCall {
             }
         };
         let rtp_addr = SocketAddr::new(advertised_ip(self.local.ip()), rtp.local_addr().port());
-        let sdp = build_sdp(rtp_addr, pt, codec, te_pt);
+        let sdp_session = new_sdp_session();
+        let mut sdp_version = sdp_session;
+        let pause = Pause::default();
+        // What we answer to an offer, and whether we may send after it.
+        let answer_to = |offer: &SdpAudio| {
+            let direction = offer.direction.complement();
+            let may_send = direction.sends() && !offer.addr.ip().is_unspecified();
+            (direction, may_send)
+        };
+        let (direction, may_send) = offer.as_ref().map_or((MediaDir::SendRecv, true), answer_to);
+        if !may_send {
+            pause.pause();
+        }
+        let sdp = sdp_body(
+            rtp_addr,
+            pt,
+            codec,
+            te_pt,
+            (sdp_session, sdp_version),
+            direction,
+        );
         let ok = self.respond(200, None, Some(&sdp)).await;
 
         let cfg = PlayConfig {
@@ -1712,6 +1996,7 @@ impl UasCall {
             duration: MAX_TALK,
             drop_every: None,
             ssrc: rtp_peer::random_u64() as u32,
+            pause,
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let mut stop_tx = Some(stop_tx);
@@ -1723,15 +2008,63 @@ impl UasCall {
         let mut interval = T1;
         let mut next = Instant::now() + T1;
         let give_up = Instant::now() + TIMER_64T1;
+        // The 2xx to the latest re-INVITE, retransmitted until its ACK like the first one.
+        let mut reinvite_ok: Option<Pending2xx> = None;
         let stats = loop {
+            let re_wake = reinvite_ok.as_ref().filter(|p| !p.acked).map(|p| p.next);
             tokio::select! {
                 s = &mut play => break s,
                 m = rx.recv() => {
                     let Some((msg, from)) = m else { break RtpStats::default() };
+                    let cseq = msg.cseq().map(|(n, _)| n);
                     match msg.method() {
-                        Some("ACK") => acked = true,
+                        Some("ACK") => match reinvite_ok.as_mut() {
+                            Some(p) if cseq == Some(p.cseq) => p.acked = true,
+                            _ => acked = true,
+                        },
                         Some("INVITE") if header_param(msg.header("to").unwrap_or_default(), "tag").is_none() => {
                             send(&self.socket, &ok, self.target).await;
+                        }
+                        Some("INVITE") => {
+                            if let Some(p) = reinvite_ok.as_ref().filter(|p| cseq == Some(p.cseq)) {
+                                // A retransmission of the re-INVITE we answered.
+                                send(&self.socket, &p.bytes, p.to).await;
+                                continue;
+                            }
+                            let target = response_target(&msg, from);
+                            let Some(offer) = parse_sdp(&msg.body).filter(|m| m.addr.port() != 0) else {
+                                // No offer (or a removed stream): the demo does not renegotiate that.
+                                send(&self.socket, &response(&msg, from, 488, &ResponseParts::default()), target).await;
+                                continue;
+                            };
+                            if offer.addr != remote && !offer.addr.ip().is_unspecified() {
+                                tracing::debug!(old = %remote, new = %offer.addr, "PBX keeps sending to the first media address");
+                            }
+                            let (direction, may_send) = answer_to(&offer);
+                            sdp_version += 1;
+                            let body = sdp_body(rtp_addr, pt, codec, te_pt, (sdp_session, sdp_version), direction);
+                            let contact = self.contact();
+                            let bytes = response(&msg, from, 200, &ResponseParts {
+                                contact: Some(&contact),
+                                sdp: Some(&body),
+                                ..ResponseParts::default()
+                            });
+                            if may_send {
+                                cfg.pause.resume();
+                            } else {
+                                cfg.pause.pause();
+                            }
+                            send(&self.socket, &bytes, target).await;
+                            let now = Instant::now();
+                            reinvite_ok = Some(Pending2xx {
+                                cseq: cseq.unwrap_or_default(),
+                                bytes,
+                                to: target,
+                                acked: false,
+                                next: now + T1,
+                                interval: T1,
+                                give_up: now + TIMER_64T1,
+                            });
                         }
                         Some("BYE") => {
                             self.answer(&msg, from, 200).await;
@@ -1741,6 +2074,19 @@ impl UasCall {
                         }
                         Some(_) => answer_in_dialog(&self.socket, &msg, from).await,
                         None => {}
+                    }
+                }
+                () = tokio::time::sleep_until(re_wake.unwrap_or(next)), if re_wake.is_some() => {
+                    let now = Instant::now();
+                    if let Some(p) = reinvite_ok.as_mut() {
+                        if now >= p.give_up {
+                            tracing::debug!("PBX got no ACK for its 2xx to a re-INVITE");
+                            p.acked = true;
+                        } else {
+                            send(&self.socket, &p.bytes, p.to).await;
+                            p.interval = (p.interval * 2).min(T2);
+                            p.next = now + p.interval;
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(next), if !acked => {
@@ -1829,6 +2175,7 @@ mod tests {
             talk: Duration::from_millis(600),
             drop_every: None,
             cancel_after_ringing: false,
+            hold: None,
             extra_headers: vec![(
                 "P-Asserted-Identity".into(),
                 "\"Alice\" <sip:+358401234567@example.com>".into(),
@@ -1888,6 +2235,151 @@ mod tests {
         assert!((25..=36).contains(&pbx_rtp.sent), "{pbx_rtp:?}");
         // Symmetric RTP: the PBX saw our packets from the port we advertised.
         assert_eq!(pbx_rtp.first_rx_from.map(|a| a.ip()), Some(LOCALHOST));
+    }
+
+    #[tokio::test]
+    async fn hold_and_resume_pause_both_sides_and_keep_the_dialog() {
+        let (pbx_addr, mut pbx) = pbx_with(Answer::Accept {
+            ring: Duration::ZERO,
+            tone_hz: 1000.0,
+        })
+        .await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.talk = Duration::from_millis(1600);
+        s.hold = Some((Duration::from_millis(400), Duration::from_millis(600)));
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Answered);
+        let answered = report.answered_at.unwrap();
+        let hold = report
+            .hold_sent_at
+            .unwrap()
+            .duration_since(answered)
+            .unwrap();
+        let resume = report
+            .resume_sent_at
+            .unwrap()
+            .duration_since(answered)
+            .unwrap();
+        assert!(
+            hold.abs_diff(Duration::from_millis(400)) < Duration::from_millis(60),
+            "{hold:?}"
+        );
+        assert!(
+            resume.abs_diff(Duration::from_millis(1000)) < Duration::from_millis(60),
+            "{resume:?}"
+        );
+        // 80 packet times: about 30 of them on hold, nothing sent then.
+        let rtp = report.rtp.unwrap();
+        assert_eq!(rtp.sent + rtp.paused, 80, "{rtp:?}");
+        assert!((27..=34).contains(&rtp.paused), "{rtp:?}");
+        // The PBX was silent on hold too (it answered recvonly) and talked before and after.
+        assert!((40..=56).contains(&rtp.received), "{rtp:?}");
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        assert_eq!(uas.outcome, Outcome::Answered);
+        let pbx_rtp = uas.rtp.unwrap();
+        assert!((26..=36).contains(&pbx_rtp.paused), "{pbx_rtp:?}");
+        assert!((45..=50).contains(&pbx_rtp.received), "{pbx_rtp:?}");
+    }
+
+    /// The PBX answers each offered direction with its complement, keeps port and session id,
+    /// and bumps the `o=` version.
+    #[tokio::test]
+    async fn pbx_answers_reinvites_with_the_complementary_direction() {
+        let (pbx_addr, _pbx) = pbx_with(Answer::Accept {
+            ring: Duration::ZERO,
+            tone_hz: 1000.0,
+        })
+        .await;
+        let raw = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let me = raw.local_addr().unwrap();
+        let media = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let media_addr = media.local_addr().unwrap();
+        let invite = |cseq: u32, to_tag: Option<&str>, direction: MediaDir, c: IpAddr| {
+            let sdp = sdp_body(
+                SocketAddr::new(c, media_addr.port()),
+                0,
+                Codec::Pcmu,
+                None,
+                (7, 7 + u64::from(cseq)),
+                direction,
+            );
+            let tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+            format!(
+                "INVITE sip:bob@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKre{cseq}\r\n\
+                 From: <sip:eve@x>;tag=9\r\nTo: <sip:bob@x>{tag}\r\nCall-ID: re-1\r\nCSeq: {cseq} INVITE\r\n\
+                 Contact: <sip:eve@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+        };
+        let ack = |cseq: u32, tag: &str| {
+            format!(
+                "ACK sip:bob@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKack{cseq}\r\n\
+                 From: <sip:eve@x>;tag=9\r\nTo: <sip:bob@x>;tag={tag}\r\nCall-ID: re-1\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        raw.send_to(
+            invite(1, None, MediaDir::SendRecv, LOCALHOST).as_bytes(),
+            pbx_addr,
+        )
+        .await
+        .unwrap();
+        let ok = loop {
+            let m = recv_msg(&raw).await.0;
+            if m.code() == Some(200) {
+                break m;
+            }
+        };
+        let tag = header_param(ok.header("to").unwrap(), "tag").unwrap();
+        let first = parse_sdp(&ok.body).unwrap();
+        assert_eq!(first.direction, MediaDir::SendRecv);
+        let origin = |body: &str| {
+            let o = body
+                .lines()
+                .find(|l| l.starts_with("o="))
+                .unwrap()
+                .to_string();
+            let f: Vec<u64> = o
+                .split_whitespace()
+                .skip(1)
+                .take(2)
+                .map(|x| x.parse().unwrap())
+                .collect();
+            (f[0], f[1])
+        };
+        let (session, version) = origin(&ok.body);
+        raw.send_to(ack(1, &tag).as_bytes(), pbx_addr)
+            .await
+            .unwrap();
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let cases = [
+            (MediaDir::SendOnly, LOCALHOST, MediaDir::RecvOnly),
+            (MediaDir::RecvOnly, LOCALHOST, MediaDir::SendOnly),
+            (MediaDir::Inactive, LOCALHOST, MediaDir::Inactive),
+            (MediaDir::SendRecv, unspecified, MediaDir::SendRecv),
+            (MediaDir::SendRecv, LOCALHOST, MediaDir::SendRecv),
+        ];
+        for (i, (offered, c, expected)) in cases.into_iter().enumerate() {
+            let cseq = 2 + i as u32;
+            raw.send_to(invite(cseq, Some(&tag), offered, c).as_bytes(), pbx_addr)
+                .await
+                .unwrap();
+            let r = recv_msg(&raw).await.0;
+            assert_eq!(
+                (r.code(), r.cseq()),
+                (Some(200), Some((cseq, "INVITE".to_string())))
+            );
+            let answer = parse_sdp(&r.body).unwrap();
+            assert_eq!(answer.direction, expected, "answer to {offered:?}");
+            assert_eq!(answer.addr, first.addr, "same media address");
+            assert_eq!(origin(&r.body), (session, version + 1 + i as u64));
+            // Not ACKed yet: the 2xx comes again (Timer G style, from T1).
+            let again = recv_msg(&raw).await.0;
+            assert_eq!(again.cseq(), Some((cseq, "INVITE".to_string())));
+            raw.send_to(ack(cseq, &tag).as_bytes(), pbx_addr)
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]

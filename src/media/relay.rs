@@ -38,8 +38,12 @@ pub enum RelayControl {
     },
     /// Start or stop copying RTP to the recorder.
     Tap(Option<Tap>),
-    /// The call is answered: from now on, no packets for the configured time ends the stream.
+    /// The call is answered (or resumed after a hold): from now on, no packets for the
+    /// configured time ends the stream. The idle time counts from this message.
     Arm,
+    /// The call is on hold: a held stream may carry no RTP for minutes, so the inactivity
+    /// timeout is off until the next `Arm`.
+    Disarm,
 }
 
 /// Something the relay reports to the registry.
@@ -251,6 +255,7 @@ impl Relay {
             RelayControl::Arm => {
                 self.armed_at = Some(Instant::now());
             }
+            RelayControl::Disarm => self.armed_at = None,
         }
     }
 
@@ -315,5 +320,45 @@ impl Relay {
         if let (Kind::Rtp, Some(tap)) = (kind, &self.tap) {
             tap.offer(from, arrival, packet);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::ports::PortPool;
+
+    #[tokio::test]
+    async fn disarmed_relay_outlives_the_timeout_and_arm_restarts_it() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 43400, 43409);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let relay = spawn(
+            Arc::from("held"),
+            0,
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            Duration::from_millis(600),
+            events_tx,
+        )
+        .unwrap();
+        // On hold right after answer: no packets, but no timeout either.
+        relay.control(RelayControl::Arm);
+        relay.control(RelayControl::Disarm);
+        let quiet = tokio::time::timeout(Duration::from_millis(1600), events.recv()).await;
+        assert!(quiet.is_err(), "a held stream timed out: {quiet:?}");
+        // Resumed: the timeout applies again, counted from the Arm.
+        let armed = Instant::now();
+        relay.control(RelayControl::Arm);
+        let ended = tokio::time::timeout(Duration::from_secs(3), events.recv())
+            .await
+            .expect("timeout after resume");
+        assert_eq!(
+            ended,
+            Some(RelayEvent::Timeout {
+                call_id: Arc::from("held"),
+                stream: 0
+            })
+        );
+        assert!(armed.elapsed() >= Duration::from_millis(600));
     }
 }

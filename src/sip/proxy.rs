@@ -412,6 +412,14 @@ impl Proxy {
             let rr = format!("<sip:{};lr>", host_port(self.cfg.advertise));
             req.push_header_top("Record-Route", &rr);
         }
+        // RFC 3327: a phone registering through us, whose UA supports Path, gets our Path entry
+        // so that the PBX's requests to it (and so its calls) come back through the proxy. A
+        // registrar may refuse Path for a UA that did not say `Supported: path` (§5.3), so it is
+        // added only then.
+        if method == "REGISTER" && !self.cfg.pbx.contains(&from) && supports(&req, "path") {
+            let path = format!("<sip:{};lr>", host_port(self.cfg.advertise));
+            req.push_header_top("Path", &path);
+        }
         let branch = self.new_branch();
         req.push_header_top("Via", &self.via_value(&branch));
         if let Some(party) = party {
@@ -1114,6 +1122,13 @@ fn reject_status(invalid: &msg::Invalid) -> (u16, &'static str) {
         msg::Invalid::Version(_) => (505, "Version Not Supported"),
         _ => (400, "Bad Request"),
     }
+}
+
+/// Whether the message lists `option` in a Supported header (compact form `k` too).
+fn supports(msg: &Message, option: &str) -> bool {
+    msg.values("Supported")
+        .iter()
+        .any(|v| v.trim().eq_ignore_ascii_case(option))
 }
 
 /// Methods whose initial request creates a dialog we must stay in (RFC 3261 §16.6 step 4;

@@ -910,3 +910,35 @@ fn challenged_invite_resent_with_credentials_is_the_same_call() {
     let (_, events) = h.advance(Duration::from_secs(40));
     assert!(events.is_empty(), "{events:?}");
 }
+
+fn register(supported: &str) -> String {
+    format!(
+        "REGISTER sip:192.0.2.10 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKreg{};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:2001@192.0.2.10>;tag=r1\r\nTo: <sip:2001@192.0.2.10>\r\nCall-ID: reg-1@198.51.100.7\r\n\
+CSeq: {} REGISTER\r\nContact: <sip:2001@198.51.100.7:5060>\r\n{supported}Expires: 3600\r\nContent-Length: 0\r\n\r\n",
+        supported.len(),
+        supported.len() + 1
+    )
+}
+
+#[test]
+fn register_from_a_phone_goes_to_the_pbx_with_our_path_when_supported() {
+    let mut h = Harness::new();
+    let (sends, events) = h.input(PHONE, &register("Supported: replaces, path\r\n"));
+    assert!(events.is_empty(), "a registration is not a call");
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PBX));
+    assert!(
+        sends[0].1.contains("Path: <sip:192.0.2.10:5060;lr>\r\n"),
+        "{}",
+        sends[0].1
+    );
+    assert!(
+        !sends[0].1.contains("Record-Route"),
+        "REGISTER creates no dialog"
+    );
+    // Without `Supported: path` the registrar might refuse it: no Path then.
+    let (sends, _) = h.input(PHONE, &register(""));
+    assert!(!sends[0].1.contains("Path:"), "{}", sends[0].1);
+}

@@ -26,17 +26,28 @@ pub struct Daemon {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-/// Writes a config for a daemon on loopback.
+/// Writes a config for a daemon on loopback (media timeout 10 s).
 pub fn write_config(
     root: &Path,
     pbx: SocketAddr,
     ports: (u16, u16),
     extra_recording: &str,
 ) -> PathBuf {
+    write_config_with_timeout(root, pbx, ports, "10s", extra_recording)
+}
+
+/// Writes a config for a daemon on loopback with the given `media.timeout`.
+pub fn write_config_with_timeout(
+    root: &Path,
+    pbx: SocketAddr,
+    ports: (u16, u16),
+    media_timeout: &str,
+    extra_recording: &str,
+) -> PathBuf {
     let dir = root.join("recordings");
     let text = format!(
         "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\npbx = \"udp:{pbx}\"\n\n\
-         [media]\nbind = \"127.0.0.1\"\nadvertise = \"127.0.0.1\"\nports = \"{}-{}\"\ntimeout = \"10s\"\n\n\
+         [media]\nbind = \"127.0.0.1\"\nadvertise = \"127.0.0.1\"\nports = \"{}-{}\"\ntimeout = \"{media_timeout}\"\n\n\
          [recording]\ndir = \"{}\"\n{extra_recording}",
         ports.0,
         ports.1,
