@@ -2,6 +2,7 @@
 //! timer expiry into the sans-IO proxy core, executes its outputs (sends, call events to the
 //! registry), and relays media and recorder reports. No protocol decisions are taken here.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use crate::sip::proxy::{Output, Proxy};
 
 /// Datagrams waiting between the socket readers and the core.
 const INBOUND_QUEUE: usize = 4096;
+/// Peers whose receiving socket is remembered (about 40 bytes each); past this the table starts
+/// afresh rather than grow.
+const MAX_KNOWN_PEERS: usize = 65_536;
 
 /// Error starting the transport.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,8 @@ pub struct Driver {
     relay_events: mpsc::UnboundedReceiver<RelayEvent>,
     recorder_events: mpsc::UnboundedReceiver<RecorderEvent>,
     max_message_size: usize,
+    /// Which listen socket each peer last sent to.
+    peers: HashMap<SocketAddr, usize>,
 }
 
 impl Driver {
@@ -85,16 +91,21 @@ impl Driver {
             relay_events,
             recorder_events,
             max_message_size,
+            peers: HashMap::new(),
         }
     }
 
     /// Runs until `shutdown` resolves, then ends every call (recordings finalised with end
     /// reason `shutdown`) and waits for the recorder to finish writing.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        let (tx, mut inbound) = mpsc::channel::<(SocketAddr, Vec<u8>)>(INBOUND_QUEUE);
+        let (tx, mut inbound) = mpsc::channel::<(usize, SocketAddr, Vec<u8>)>(INBOUND_QUEUE);
         let mut readers = Vec::new();
-        for socket in &self.sockets.sockets {
-            readers.push(tokio::spawn(read_loop(Arc::clone(socket), tx.clone())));
+        for (index, socket) in self.sockets.sockets.iter().enumerate() {
+            readers.push(tokio::spawn(read_loop(
+                index,
+                Arc::clone(socket),
+                tx.clone(),
+            )));
         }
         drop(tx);
         tokio::pin!(shutdown);
@@ -105,7 +116,11 @@ impl Driver {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 got = inbound.recv() => {
-                    let Some((from, data)) = got else { break };
+                    let Some((socket, from, data)) = got else { break };
+                    if self.peers.len() >= MAX_KNOWN_PEERS && !self.peers.contains_key(&from) {
+                        self.peers.clear();
+                    }
+                    self.peers.insert(from, socket);
                     if data.len() > self.max_message_size {
                         self.proxy.handle_oversized(Instant::now(), from, &data);
                     } else {
@@ -171,7 +186,17 @@ impl Driver {
         }
     }
 
+    /// The socket a peer last sent to (so replies and its in-dialog requests leave from the
+    /// address it talks to, with several listen sockets of one family), else the first socket of
+    /// its address family.
     fn socket_for(&self, to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        if let Some(socket) = self
+            .peers
+            .get(&to)
+            .and_then(|&i| self.sockets.sockets.get(i))
+        {
+            return Some(socket);
+        }
         self.sockets
             .sockets
             .iter()
@@ -179,7 +204,11 @@ impl Driver {
     }
 }
 
-async fn read_loop(socket: Arc<UdpSocket>, tx: mpsc::Sender<(SocketAddr, Vec<u8>)>) {
+async fn read_loop(
+    index: usize,
+    socket: Arc<UdpSocket>,
+    tx: mpsc::Sender<(usize, SocketAddr, Vec<u8>)>,
+) {
     // Whole datagrams are read (the largest UDP payload), so that one over `max_message_size`
     // can still be answered 513 from its head; the driver applies the limit.
     let mut buf = vec![0u8; 65_536];
@@ -187,7 +216,7 @@ async fn read_loop(socket: Arc<UdpSocket>, tx: mpsc::Sender<(SocketAddr, Vec<u8>
         match socket.recv_from(&mut buf).await {
             Ok((len, from)) => {
                 let Some(data) = buf.get(..len) else { continue };
-                if tx.send((from, data.to_vec())).await.is_err() {
+                if tx.send((index, from, data.to_vec())).await.is_err() {
                     return;
                 }
             }
