@@ -27,6 +27,8 @@ fn spec(codec: Codec, talk: Duration) -> CallSpec {
         cancel_after_ringing: false,
         hold: None,
         extra_headers: Vec::new(),
+        switch_codec: None,
+        move_rtp: None,
     }
 }
 

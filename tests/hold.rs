@@ -56,6 +56,8 @@ fn hold_and_resume_leave_aligned_silence_and_events() {
         cancel_after_ringing: false,
         hold: Some((Duration::from_millis(1000), Duration::from_millis(1500))),
         extra_headers: Vec::new(),
+        switch_codec: None,
+        move_rtp: None,
     };
     let proxy = daemon.sip;
     let report = rt.block_on(async {

@@ -53,6 +53,8 @@ fn call_over_ipv6_loopback_is_relayed_and_recorded() {
         drop_every: None,
         cancel_after_ringing: false,
         extra_headers: Vec::new(),
+        switch_codec: None,
+        move_rtp: None,
         hold: None,
     };
     let proxy = daemon.sip;

@@ -267,6 +267,8 @@ fn torture_messages_are_forwarded_or_rejected_as_the_rfcs_say_and_calls_still_wo
         cancel_after_ringing: false,
         hold: None,
         extra_headers: Vec::new(),
+        switch_codec: None,
+        move_rtp: None,
     };
     let proxy: SocketAddr = daemon.sip;
     let report = rt.block_on(async {

@@ -73,6 +73,8 @@ pub enum EndReason {
     Transferred,
     /// No media in either direction for the media timeout.
     MediaTimeout,
+    /// The session timer (RFC 4028) ran out without a refresh.
+    SessionExpired,
     /// The daemon was stopped.
     Shutdown,
     /// Recording failed.
@@ -87,6 +89,7 @@ impl EndReason {
             EndReason::ByeCallee | EndReason::Rejected => "callee",
             EndReason::Transferred => "transfer",
             EndReason::MediaTimeout => "media_timeout",
+            EndReason::SessionExpired => "session_timer",
             EndReason::Shutdown => "shutdown",
             EndReason::Failure => "failure",
         }
@@ -158,6 +161,10 @@ pub struct CallEventRecord {
     /// the key is left out when it does not apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// For `codec_change`: the audio codec negotiated from then on (e.g. `PCMA`); the key is
+    /// left out for other events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
 }
 
 /// The WAV file.
@@ -392,11 +399,19 @@ mod tests {
             at_ms: 1000,
             kind: "hold".into(),
             by: Some("caller".into()),
+            codec: None,
         };
         let gap = CallEventRecord {
             at_ms: 20,
             kind: "gap".into(),
             by: None,
+            codec: None,
+        };
+        let change = CallEventRecord {
+            at_ms: 2004,
+            kind: "codec_change".into(),
+            by: Some("caller".into()),
+            codec: Some("PCMA".into()),
         };
         assert_eq!(
             serde_json::to_value(&hold).unwrap(),
@@ -405,6 +420,10 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&gap).unwrap(),
             serde_json::json!({ "at_ms": 20, "type": "gap" })
+        );
+        assert_eq!(
+            serde_json::to_value(&change).unwrap(),
+            serde_json::json!({ "at_ms": 2004, "type": "codec_change", "by": "caller", "codec": "PCMA" })
         );
         let back: CallEventRecord =
             serde_json::from_value(serde_json::json!({ "at_ms": 20, "type": "gap" })).unwrap();

@@ -151,9 +151,80 @@ struct Call {
     recording: Option<Recording>,
     /// Hold state of the audio stream.
     hold: HoldState,
+    /// Which audio codec the parties' latest SDP agree on.
+    codec: CodecState,
+}
+
+/// The audio codec the parties' latest SDP negotiated, for `codec_change` events. Deliberately
+/// simple, like [`HoldState`]: the negotiated codec is the first codec of the latest SDP that
+/// the other party's latest SDP also names (RFC 3264 §6.1: the answerer lists what it will
+/// use first, and the offerer sends with what the answer names). While an offer names nothing
+/// the other party's SDP has, nothing changes until the answer.
+///
+/// Attribution: a change is put down to the first party whose SDP put another codec first
+/// (normally the offerer of the re-INVITE), else to the party whose SDP completed it.
+#[derive(Debug, Default, Clone)]
+struct CodecState {
+    /// [caller, callee]: the decodable codecs of that party's latest SDP, in its order.
+    sdp: [Vec<Codec>; 2],
+    negotiated: Option<Codec>,
+    /// While a change is being negotiated: who proposed it.
+    proposer: Option<Party>,
+}
+
+impl CodecState {
+    /// Takes `party`'s latest SDP codecs into account; returns the new codec and who changed
+    /// it when the negotiated codec changed from one codec to another (not the first time).
+    fn update(&mut self, party: Party, codecs: Vec<Codec>) -> Option<(Codec, Party)> {
+        let first = codecs.first().copied();
+        self.sdp[idx(party)] = codecs;
+        if first == self.negotiated {
+            // This party is content with the codec in use: nothing pending from it.
+            self.proposer = None;
+        } else if self.proposer.is_none() {
+            self.proposer = Some(party);
+        }
+        let other = &self.sdp[idx(party.other())];
+        let common = self.sdp[idx(party)]
+            .iter()
+            .find(|c| other.contains(c))
+            .copied();
+        let new = common.filter(|&c| Some(c) != self.negotiated)?;
+        let previous = self.negotiated.replace(new);
+        let by = self.proposer.take().unwrap_or(party);
+        previous.map(|_| (new, by))
+    }
+}
+
+/// A party's new codec map with the payload types of its previous one that the new one does
+/// not name appended: packets sent with the old codec while the change crosses the proxy (and
+/// the codec maps reach the recorder) still decode. A payload type the new map names takes its
+/// new meaning.
+fn with_previous(new: CodecMap, previous: &CodecMap) -> CodecMap {
+    let mut map = new;
+    for &(pt, codec) in previous {
+        if !map.iter().any(|&(p, _)| p == pt) {
+            map.push((pt, codec));
+        }
+    }
+    map
 }
 
 impl Call {
+    /// An accepted transfer (REFER 2xx, or an INVITE with Replaces taking the call over) is
+    /// noted as a `transfer` event; the recording goes on (stopping it is per-service policy).
+    fn note_transfer(&mut self, by: Option<Party>, at: Instant) {
+        tracing::info!(call_id = %self.call_id, recording_id = %self.record.recording_id, "call transferred");
+        if let (Some(answered), Some(_)) = (self.answered_at, &self.recording) {
+            self.record.events.push(CallEventRecord {
+                at_ms: at.saturating_duration_since(answered).as_millis() as u64,
+                kind: "transfer".into(),
+                by: by.map(|p| party_name(p).to_string()),
+                codec: None,
+            });
+        }
+    }
+
     /// Applies a hold change: a held call's relays stop timing out (it may carry no RTP for
     /// minutes) and a recorded call notes the event with its offset into the recording.
     fn hold_changed(&mut self, change: HoldChange, at: Instant) {
@@ -174,8 +245,23 @@ impl Call {
                 at_ms: at.saturating_duration_since(answered).as_millis() as u64,
                 kind: kind.to_string(),
                 by: Some(party_name(by).to_string()),
+                codec: None,
             });
         }
+    }
+
+    /// Notes a change of the negotiated audio codec in a recorded call.
+    fn codec_changed(&mut self, codec: Codec, by: Party, at: Instant) {
+        tracing::info!(call_id = %self.call_id, recording_id = %self.record.recording_id, by = party_name(by), codec = codec.name(), "codec changed");
+        let (Some(answered), Some(_)) = (self.answered_at, self.recording.as_ref()) else {
+            return;
+        };
+        self.record.events.push(CallEventRecord {
+            at_ms: at.saturating_duration_since(answered).as_millis() as u64,
+            kind: "codec_change".to_string(),
+            by: Some(party_name(by).to_string()),
+            codec: Some(codec.name().to_string()),
+        });
     }
 }
 
@@ -255,6 +341,16 @@ impl CallRegistry {
                 };
                 call.record.not_recorded_reason = Some(why);
                 self.end(call, end, at);
+            }
+            CallEventKind::Transferred { by } => {
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.note_transfer(by, at);
+                }
+            }
+            CallEventKind::SessionExpired => {
+                if let Some(call) = self.calls.remove(&call_id) {
+                    self.end(call, EndReason::SessionExpired, at);
+                }
             }
             CallEventKind::Bye { by } => {
                 if let Some(call) = self.calls.remove(&call_id) {
@@ -480,6 +576,7 @@ impl CallRegistry {
         // were already up (a re-INVITE failing) keep their media and their recording.
         let mut opened: Vec<usize> = Vec::new();
         let mut hold_change = None;
+        let mut codec_change = None;
         for view in views.iter().filter(|v| v.port != 0) {
             if call.streams.len() <= view.index {
                 call.streams.resize_with(view.index + 1, || None);
@@ -547,7 +644,9 @@ impl CallRegistry {
                 call.audio = Some(view.index);
                 call.encrypted |= view.encrypted;
                 let (map, unknown) = codec_map(view);
-                call.codecs[idx(party)] = map;
+                let codecs = map.iter().map(|&(_, c)| c).collect();
+                codec_change = call.codec.update(party, codecs).or(codec_change);
+                call.codecs[idx(party)] = with_previous(map, &call.codecs[idx(party)]);
                 call.unknown_codecs = unknown;
                 if let Some(rec) = &call.recording {
                     recorder.send(Command::Codecs {
@@ -559,6 +658,9 @@ impl CallRegistry {
         }
         if let Some(change) = hold_change {
             call.hold_changed(change, now);
+        }
+        if let Some((codec, by)) = codec_change {
+            call.codec_changed(codec, by, now);
         }
         Ok(())
     }
@@ -620,10 +722,17 @@ fn unrecordable(call: &Call) -> Option<String> {
 /// The maps the recorder decodes each party's packets with: [caller's packets, callee's]. A
 /// sender uses the payload type numbers of the receiver's SDP (RFC 3264 §5.1), so the other
 /// party's map comes first, the sender's own as fallback.
+///
+/// Static payload types (RFC 3551 §6) that neither SDP names come last with their fixed
+/// meaning: a party that starts sending a newly negotiated codec as soon as it sends or gets
+/// the answer (RFC 3264 §8.3.2) can have packets reach the recorder before the new maps do.
 fn decode_maps(sdp_maps: &[CodecMap; 2]) -> [CodecMap; 2] {
+    let statics: CodecMap = (0u8..96)
+        .filter_map(|pt| Codec::from_static_pt(pt).map(|c| (pt, c)))
+        .collect();
     let merge = |first: &CodecMap, second: &CodecMap| {
         let mut map = first.clone();
-        for entry in second {
+        for entry in second.iter().chain(&statics) {
             if !map.iter().any(|(pt, _)| *pt == entry.0) {
                 map.push(*entry);
             }
@@ -674,6 +783,7 @@ fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mu
         answered_at: None,
         recording: None,
         hold: HoldState::default(),
+        codec: CodecState::default(),
     })
 }
 
@@ -879,12 +989,14 @@ mod tests {
                 CallEventRecord {
                     at_ms: 1000,
                     kind: "hold".into(),
-                    by: by("caller")
+                    by: by("caller"),
+                    codec: None
                 },
                 CallEventRecord {
                     at_ms: 2505,
                     kind: "resume".into(),
-                    by: by("caller")
+                    by: by("caller"),
+                    codec: None
                 },
             ]
         );
@@ -917,12 +1029,14 @@ mod tests {
                 CallEventRecord {
                     at_ms: 3000,
                     kind: "hold".into(),
-                    by: by("callee")
+                    by: by("callee"),
+                    codec: None
                 },
                 CallEventRecord {
                     at_ms: 3500,
                     kind: "resume".into(),
-                    by: by("callee")
+                    by: by("callee"),
+                    codec: None
                 },
             ]
         );
@@ -935,19 +1049,74 @@ mod tests {
     }
 
     #[test]
+    fn codec_change_is_noted_when_the_answer_agrees_and_put_down_to_the_offerer() {
+        use Codec::{Pcma, Pcmu};
+        let mut c = CodecState::default();
+        // Initial offer/answer: the first negotiation is no change.
+        assert_eq!(c.update(Party::Caller, vec![Pcmu, Pcma]), None);
+        assert_eq!(c.update(Party::Callee, vec![Pcmu]), None);
+        assert_eq!(c.negotiated, Some(Pcmu));
+        // A hold re-INVITE with the same codec changes nothing.
+        assert_eq!(c.update(Party::Caller, vec![Pcmu]), None);
+        assert_eq!(c.update(Party::Callee, vec![Pcmu]), None);
+        // The caller offers only PCMA: nothing until the callee answers PCMA.
+        assert_eq!(c.update(Party::Caller, vec![Pcma]), None);
+        assert_eq!(c.negotiated, Some(Pcmu));
+        assert_eq!(
+            c.update(Party::Callee, vec![Pcma]),
+            Some((Pcma, Party::Caller))
+        );
+        // An offer of both, answered with the codec in use: no change, nothing pending.
+        assert_eq!(c.update(Party::Callee, vec![Pcmu, Pcma]), None);
+        assert_eq!(c.update(Party::Caller, vec![Pcma]), None);
+        assert_eq!(c.proposer, None);
+        // The callee switches back.
+        assert_eq!(c.update(Party::Callee, vec![Pcmu]), None);
+        assert_eq!(
+            c.update(Party::Caller, vec![Pcmu]),
+            Some((Pcmu, Party::Callee))
+        );
+    }
+
+    #[test]
+    fn previous_payload_types_stay_decodable_after_a_change() {
+        let old = vec![(0, Codec::Pcmu), (8, Codec::Pcma)];
+        assert_eq!(
+            with_previous(vec![(8, Codec::Pcma)], &old),
+            vec![(8, Codec::Pcma), (0, Codec::Pcmu)]
+        );
+        // A reused number takes its new meaning.
+        assert_eq!(
+            with_previous(vec![(0, Codec::Pcma)], &old),
+            vec![(0, Codec::Pcma), (8, Codec::Pcma)]
+        );
+    }
+
+    #[test]
     fn packets_are_decoded_with_the_receivers_payload_numbers_first() {
         // The caller offered PCMA as 96 (dynamic), the callee answered PCMA as 97: the caller
         // sends 97, the callee sends 96 (RFC 3264 §5.1).
         let caller_sdp = vec![(96, Codec::Pcma), (0, Codec::Pcmu)];
         let callee_sdp = vec![(97, Codec::Pcma), (0, Codec::Pcmu)];
         let [from_caller, from_callee] = decode_maps(&[caller_sdp, callee_sdp]);
+        // Static payload types neither SDP names decode by their fixed meaning, last.
         assert_eq!(
             from_caller,
-            vec![(97, Codec::Pcma), (0, Codec::Pcmu), (96, Codec::Pcma)]
+            vec![
+                (97, Codec::Pcma),
+                (0, Codec::Pcmu),
+                (96, Codec::Pcma),
+                (8, Codec::Pcma)
+            ]
         );
         assert_eq!(
             from_callee,
-            vec![(96, Codec::Pcma), (0, Codec::Pcmu), (97, Codec::Pcma)]
+            vec![
+                (96, Codec::Pcma),
+                (0, Codec::Pcmu),
+                (97, Codec::Pcma),
+                (8, Codec::Pcma)
+            ]
         );
     }
 }

@@ -176,6 +176,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
             cancel_after_ringing: false,
             hold: None,
             extra_headers: Vec::new(),
+            switch_codec: None,
+            move_rtp: None,
         };
         let phone = Phone::bind(loopback).await?;
         calls.push(tokio::spawn(async move {

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::UdpSocket;
@@ -40,6 +40,48 @@ pub struct PlayConfig {
     pub ssrc: u32,
     /// Switch to pause sending from outside (hold).
     pub pause: Pause,
+    /// Mid-call changes from outside: another codec, another socket.
+    pub steer: Steer,
+}
+
+/// Mid-call changes to a playing [`RtpPeer`], applied from the next packet on. The RTP stream
+/// itself goes on (same SSRC, next sequence number and timestamp), as with a phone that
+/// renegotiates its codec or moves its media to another port (RFC 3264 §8.3).
+#[derive(Debug, Clone, Default)]
+pub struct Steer(Arc<Mutex<SteerState>>);
+
+#[derive(Debug, Default)]
+struct SteerState {
+    codec: Option<Codec>,
+    socket: Option<UdpSocket>,
+    remote: Option<SocketAddr>,
+}
+
+impl Steer {
+    fn state(&self) -> std::sync::MutexGuard<'_, SteerState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Encodes with `codec` (its static payload type) from the next packet on.
+    pub fn set_codec(&self, codec: Codec) {
+        self.state().codec = Some(codec);
+    }
+
+    /// Sends from, and receives on, `socket` from the next packet on; the old socket is no
+    /// longer read.
+    pub fn move_to(&self, socket: UdpSocket) {
+        self.state().socket = Some(socket);
+    }
+
+    /// Sends to `remote` from the next packet on (the peer moved its media).
+    pub fn send_to(&self, remote: SocketAddr) {
+        self.state().remote = Some(remote);
+    }
+
+    fn take(&self) -> (Option<Codec>, Option<UdpSocket>, Option<SocketAddr>) {
+        let mut s = self.state();
+        (s.codec.take(), s.socket.take(), s.remote.take())
+    }
 }
 
 /// A shared switch that pauses a playing [`RtpPeer`] (a call on hold) and resumes it. While
@@ -83,6 +125,10 @@ pub struct RtpStats {
     pub first_sent_at: Option<SystemTime>,
     /// Wall-clock time of the last packet sent.
     pub last_sent_at: Option<SystemTime>,
+    /// RTP packets received on the socket [`Steer::move_to`] moved to.
+    pub received_after_move: u64,
+    /// Packets sent with a codec set by [`Steer::set_codec`].
+    pub sent_after_codec_change: u64,
 }
 
 /// An RTP endpoint bound to an ephemeral UDP port.
@@ -120,20 +166,36 @@ impl RtpPeer {
         self.local
     }
 
+    /// Waits for one datagram on the socket; `true` if it was RTP (not RTCP or junk). For
+    /// counting what arrives before playing starts (early media).
+    pub async fn recv_rtp(&self) -> bool {
+        let mut buf = [0u8; RECV_BUF];
+        match self.socket.recv_from(&mut buf).await {
+            Ok((len, _)) => buf.get(..len).is_some_and(is_rtp),
+            Err(e) => {
+                tracing::debug!(error = %e, "RTP receive error");
+                false
+            }
+        }
+    }
+
     /// Sends 20 ms packets (160 samples at 8 kHz, seq/timestamp increasing from random starts, marker on first)
     /// to `remote`, paced on an absolute schedule for `cfg.duration`, while counting packets received
     /// on the same socket (symmetric RTP: the proxy latches on our source). Stops early when `stop`
     /// resolves (e.g. BYE received).
     pub async fn play(
         &self,
-        remote: SocketAddr,
+        mut remote: SocketAddr,
         cfg: &PlayConfig,
         stop: impl Future<Output = ()>,
     ) -> RtpStats {
         let mut stats = RtpStats::default();
-        let samples_per_packet = (cfg.codec.clock_rate() / 50).max(1) as usize;
+        let mut codec = cfg.codec;
+        let mut samples_per_packet = (codec.clock_rate() / 50).max(1) as usize;
         let total = (cfg.duration.as_millis() / PTIME.as_millis()) as u64;
-        let pt = payload_type(cfg.codec);
+        let pt = payload_type(codec);
+        let mut codec_changed = false;
+        let mut moved: Option<UdpSocket> = None;
         let start_bits = random_u64();
         let mut header = RtpHeader {
             marker: true,
@@ -142,7 +204,7 @@ impl RtpPeer {
             timestamp: (start_bits >> 16) as u32,
             ssrc: cfg.ssrc,
         };
-        let mut tone = Tone::new(cfg.tone_hz, cfg.codec.clock_rate(), TONE_AMPLITUDE);
+        let mut tone = Tone::new(cfg.tone_hz, codec.clock_rate(), TONE_AMPLITUDE);
         let mut pcm = vec![0i16; samples_per_packet];
         let mut packet: Vec<u8> = Vec::with_capacity(12 + samples_per_packet);
         let mut rx = [0u8; RECV_BUF];
@@ -158,10 +220,35 @@ impl RtpPeer {
         tokio::pin!(stop);
 
         loop {
+            let socket = moved.as_ref().unwrap_or(&self.socket);
             tokio::select! {
                 biased;
                 () = &mut stop => break,
                 _ = ticker.tick(), if index < total => {
+                    // Changes apply from this packet on (before it, so that nothing more
+                    // leaves a socket we moved away from).
+                    match cfg.steer.take() {
+                        (None, None, None) => {}
+                        (new_codec, new_socket, new_remote) => {
+                            if let Some(to) = new_remote {
+                                remote = to;
+                            }
+                            if let Some(c) = new_codec.filter(|&c| c != codec) {
+                                if c.clock_rate() != codec.clock_rate() {
+                                    // The tone goes on; only a new sampling rate restarts it.
+                                    tone = Tone::new(cfg.tone_hz, c.clock_rate(), TONE_AMPLITUDE);
+                                    samples_per_packet = (c.clock_rate() / 50).max(1) as usize;
+                                    pcm.resize(samples_per_packet, 0);
+                                }
+                                codec = c;
+                                codec_changed = true;
+                                header.payload_type = payload_type(c);
+                            }
+                            if new_socket.is_some() {
+                                moved = new_socket;
+                            }
+                        }
+                    }
                     tone.fill(&mut pcm);
                     index += 1;
                     if cfg.pause.is_paused() {
@@ -180,10 +267,12 @@ impl RtpPeer {
                         rtp::write_header(&header, &mut fixed);
                         packet.clear();
                         packet.extend_from_slice(&fixed);
-                        cfg.codec.encode(&pcm, &mut packet);
-                        match self.socket.send_to(&packet, remote).await {
+                        codec.encode(&pcm, &mut packet);
+                        let socket = moved.as_ref().unwrap_or(&self.socket);
+                        match socket.send_to(&packet, remote).await {
                             Ok(_) => {
                                 stats.sent += 1;
+                                stats.sent_after_codec_change += u64::from(codec_changed);
                                 let now = SystemTime::now();
                                 stats.first_sent_at.get_or_insert(now);
                                 stats.last_sent_at = Some(now);
@@ -197,11 +286,12 @@ impl RtpPeer {
                     header.seq = header.seq.wrapping_add(1);
                     header.timestamp = header.timestamp.wrapping_add(samples_per_packet as u32);
                 }
-                r = self.socket.recv_from(&mut rx) => match r {
+                r = socket.recv_from(&mut rx) => match r {
                     Ok((len, from)) => {
                         if let Some(data) = rx.get(..len) {
                             if is_rtp(data) {
                                 stats.received += 1;
+                                stats.received_after_move += u64::from(moved.is_some());
                                 stats.first_rx_from.get_or_insert(from);
                             }
                         }
@@ -241,6 +331,7 @@ mod tests {
             drop_every,
             ssrc: 0x1234_5678,
             pause: Pause::default(),
+            steer: Steer::default(),
         }
     }
 

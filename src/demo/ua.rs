@@ -18,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::codec::Codec;
-use crate::demo::rtp_peer::{self, Pause, PlayConfig, RtpPeer, RtpStats};
+use crate::demo::rtp_peer::{self, Pause, PlayConfig, RtpPeer, RtpStats, Steer};
 
 /// RTT estimate, RFC 3261 §17.1.1.1.
 const T1: Duration = Duration::from_millis(500);
@@ -95,6 +95,16 @@ pub struct CallSpec {
     pub hold: Option<(Duration, Duration)>,
     /// added to the INVITE (e.g. P-Asserted-Identity)
     pub extra_headers: Vec<(String, String)>,
+    /// Change codec once: (offset into the talk time, new codec). At the offset the phone sends
+    /// a re-INVITE offering only the new codec; once it is answered 2xx, it sends with the codec
+    /// the answer chose (the RTP stream goes on: same SSRC, next sequence number).
+    pub switch_codec: Option<(Duration, Codec)>,
+    /// Move the phone's RTP to a new local port once, at this offset into the talk time: the
+    /// phone binds a new socket, stops sending, sends a re-INVITE with the new port, and once
+    /// it is answered 2xx sends from (and receives on) the new socket, continuing the same
+    /// RTP stream. Stopping meanwhile keeps packets from the old port from reaching the proxy
+    /// after it has re-pointed (the paused packet times count as `RtpStats::paused`).
+    pub move_rtp: Option<Duration>,
 }
 
 /// How a call ended, seen from either side.
@@ -125,6 +135,16 @@ pub struct CallReport {
     pub hold_sent_at: Option<SystemTime>,
     /// When the resuming re-INVITE was first sent.
     pub resume_sent_at: Option<SystemTime>,
+    /// When the codec-changing re-INVITE was first sent (`CallSpec::switch_codec`).
+    pub codec_sent_at: Option<SystemTime>,
+    /// The codec the answer to it chose (now being sent).
+    pub switched_to: Option<Codec>,
+    /// When the port-moving re-INVITE was first sent (`CallSpec::move_rtp`).
+    pub move_sent_at: Option<SystemTime>,
+    /// The local RTP address moved to, once the move was answered 2xx.
+    pub moved_to: Option<SocketAddr>,
+    /// RTP packets that reached the phone's RTP socket before the 2xx (early media).
+    pub early_rtp_received: u64,
     /// Media statistics of an answered call.
     pub rtp: Option<RtpStats>,
 }
@@ -138,6 +158,17 @@ pub enum Answer {
         /// Time between 180 and 200.
         ring: Duration,
         /// Tone the PBX side plays.
+        tone_hz: f64,
+    },
+    /// Early media, then answer: 100, 183 Session Progress (To tag) with the SDP answer, plays
+    /// `early_tone_hz` for `early` (ringback or an announcement), then 200 OK with the same SDP
+    /// and plays `tone_hz` until BYE, like `Accept`.
+    EarlyMedia {
+        /// How long the early media plays before the 200 OK.
+        early: Duration,
+        /// Tone of the early media.
+        early_tone_hz: f64,
+        /// Tone the PBX side plays after the answer.
         tone_hz: f64,
     },
     /// 100, then final (e.g. 486 Busy Here) with To tag; retransmit final per Timer G until ACK.
@@ -164,6 +195,8 @@ pub struct UasCallReport {
     pub outcome: Outcome,
     /// Media statistics of an answered call.
     pub rtp: Option<RtpStats>,
+    /// Media statistics of the early media sent before the answer (`Answer::EarlyMedia`).
+    pub early_rtp: Option<RtpStats>,
     /// INVITE headers as received (name as written, value trimmed), for pass-through checks.
     pub received_headers: Vec<(String, String)>,
 }
@@ -602,6 +635,7 @@ fn reason_phrase(code: u16) -> &'static str {
     match code {
         100 => "Trying",
         180 => "Ringing",
+        183 => "Session Progress",
         200 => "OK",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -1117,13 +1151,28 @@ struct ReInvite {
     bytes: Vec<u8>,
     branch: String,
     cseq: u32,
-    /// Resuming (sendrecv) rather than holding.
-    resume: bool,
+    /// What it changes.
+    step: Step,
+    /// The socket a `Step::Move` moves the RTP to once answered.
+    new_socket: Option<UdpSocket>,
     /// Timer A; `None` once a provisional response arrived.
     retransmit_at: Option<Instant>,
     interval: Duration,
     /// Timer B.
     deadline: Instant,
+}
+
+/// A mid-call change the phone makes with a re-INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// `a=sendonly`, stop sending.
+    Hold,
+    /// `a=sendrecv`, send again.
+    Resume,
+    /// Offer only this codec.
+    Codec(Codec),
+    /// Offer a new local RTP port.
+    Move,
 }
 
 /// The ACK for a retransmitted 2xx to one of our INVITEs (initial or re-INVITE), by CSeq.
@@ -1191,19 +1240,20 @@ impl Phone {
 
         let rtp = RtpPeer::bind(self.local.ip()).await?;
         let rtp_addr = SocketAddr::new(local_host, rtp.local_addr().port());
-        let pt = rtp_peer::payload_type(spec.codec);
         let sdp_session = new_sdp_session();
-        let sdp_for = |version: u64, direction: MediaDir| {
+        let sdp_for = |version: u64, direction: MediaDir, addr: SocketAddr, codec: Codec| {
             sdp_body(
-                rtp_addr,
-                pt,
-                spec.codec,
+                addr,
+                rtp_peer::payload_type(codec),
+                codec,
                 Some(TELEPHONE_EVENT_PT),
                 (sdp_session, sdp_session + version),
                 direction,
             )
         };
-        let offer = sdp_for(0, MediaDir::SendRecv);
+        let offer = sdp_for(0, MediaDir::SendRecv, rtp_addr, spec.codec);
+        // Early media: RTP that reaches our socket before the answer.
+        let mut early_rtp_received = 0u64;
 
         let ruri = format!("sip:{}@{}", spec.to_user, host_port(proxy));
         let from_uri = format!("sip:{}@{}", spec.from_user, host_of(local_host));
@@ -1299,6 +1349,7 @@ impl Phone {
                         answer_in_dialog(&self.socket, &msg, from_addr).await;
                     }
                 }
+                got = rtp.recv_rtp() => early_rtp_received += u64::from(got),
                 () = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -1343,6 +1394,11 @@ impl Phone {
                     bye_sent_at: None,
                     hold_sent_at: None,
                     resume_sent_at: None,
+                    codec_sent_at: None,
+                    switched_to: None,
+                    move_sent_at: None,
+                    moved_to: None,
+                    early_rtp_received,
                     rtp: None,
                 });
             }
@@ -1380,6 +1436,10 @@ impl Phone {
         let mut acks: Vec<(u32, Vec<u8>)> = vec![(1, ack)];
         let mut hold_sent_at = None;
         let mut resume_sent_at = None;
+        let mut codec_sent_at = None;
+        let mut switched_to = None;
+        let mut move_sent_at = None;
+        let mut moved_to = None;
         // A 2xx that crossed our CANCEL: the call exists, so it is ended at once (§9.1).
         if let (Some((remote_rtp, codec)), None) = (media, cancel.as_ref()) {
             let cfg = PlayConfig {
@@ -1389,10 +1449,25 @@ impl Phone {
                 drop_every: spec.drop_every,
                 ssrc: rtp_peer::random_u64() as u32,
                 pause: Pause::default(),
+                steer: Steer::default(),
             };
             let talk_start = Instant::now();
-            // The next hold step: when, and whether it resumes.
-            let mut hold_step = spec.hold.map(|(at, _)| (talk_start + at, false));
+            // Mid-call changes still to make, each when it is due and no other re-INVITE is in
+            // progress (the resume is scheduled when the hold is answered).
+            let mut steps: Vec<(Instant, Step)> = Vec::new();
+            if let Some((at, _)) = spec.hold {
+                steps.push((talk_start + at, Step::Hold));
+            }
+            if let Some((at, codec)) = spec.switch_codec {
+                steps.push((talk_start + at, Step::Codec(codec)));
+            }
+            if let Some(at) = spec.move_rtp {
+                steps.push((talk_start + at, Step::Move));
+            }
+            // What our SDP says now.
+            let mut cur_codec = spec.codec;
+            let mut cur_addr = rtp_addr;
+            let mut held = false;
             let mut reinvite: Option<ReInvite> = None;
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let mut stop_tx = Some(stop_tx);
@@ -1403,7 +1478,7 @@ impl Phone {
             stats = Some(loop {
                 let wake = match &reinvite {
                     Some(r) => Some(r.retransmit_at.map_or(r.deadline, |at| at.min(r.deadline))),
-                    None => hold_step.map(|(at, _)| at),
+                    None => steps.iter().map(|(at, _)| *at).min(),
                 };
                 tokio::select! {
                     s = &mut play => break s,
@@ -1411,8 +1486,9 @@ impl Phone {
                         let now = Instant::now();
                         if let Some(r) = reinvite.as_mut() {
                             if now >= r.deadline {
-                                // Timer B: the hold change failed; talk on unheld.
+                                // Timer B: the change failed; talk on as before it (unheld).
                                 tracing::debug!(%call_id, cseq = r.cseq, "re-INVITE timed out");
+                                held = false;
                                 cfg.pause.resume();
                                 reinvite = None;
                             } else {
@@ -1422,18 +1498,38 @@ impl Phone {
                             }
                             continue;
                         }
-                        let Some((_, resume)) = hold_step.take() else { continue };
+                        let Some(due) = steps.iter().position(|(at, _)| *at <= now) else { continue };
+                        let (_, step) = steps.remove(due);
                         cseq += 1;
-                        let direction = if resume {
-                            resume_sent_at = Some(SystemTime::now());
-                            MediaDir::SendRecv
-                        } else {
-                            // On hold we send nothing; the RTP clock runs on.
-                            cfg.pause.pause();
-                            hold_sent_at = Some(SystemTime::now());
+                        let sent_at = Some(SystemTime::now());
+                        let (mut codec, mut addr, mut new_socket) = (cur_codec, cur_addr, None);
+                        match step {
+                            Step::Resume => resume_sent_at = sent_at,
+                            Step::Hold => {
+                                // On hold we send nothing; the RTP clock runs on.
+                                cfg.pause.pause();
+                                held = true;
+                                hold_sent_at = sent_at;
+                            }
+                            Step::Codec(c) => {
+                                codec = c;
+                                codec_sent_at = sent_at;
+                            }
+                            Step::Move => {
+                                let socket = UdpSocket::bind(SocketAddr::new(self.local.ip(), 0)).await?;
+                                addr = SocketAddr::new(local_host, socket.local_addr()?.port());
+                                new_socket = Some(socket);
+                                // Nothing from the old port once the proxy may have re-pointed.
+                                cfg.pause.pause();
+                                move_sent_at = sent_at;
+                            }
+                        }
+                        let direction = if held && step != Step::Resume {
                             MediaDir::SendOnly
+                        } else {
+                            MediaDir::SendRecv
                         };
-                        let sdp = sdp_for(u64::from(cseq) - 1, direction);
+                        let sdp = sdp_for(u64::from(cseq) - 1, direction, addr, codec);
                         let branch = new_branch();
                         let bytes = dialog.request_with(
                             "INVITE",
@@ -1446,7 +1542,8 @@ impl Phone {
                             bytes,
                             branch,
                             cseq,
-                            resume,
+                            step,
+                            new_socket,
                             retransmit_at: Some(now + T1),
                             interval: T1,
                             deadline: now + TIMER_64T1,
@@ -1467,10 +1564,37 @@ impl Phone {
                                 let ack = dialog.request("ACK", r.cseq, self.local);
                                 send(&self.socket, &ack, proxy).await;
                                 acks.push((r.cseq, ack));
-                                if r.resume {
-                                    cfg.pause.resume();
-                                } else if let Some((at, len)) = spec.hold {
-                                    hold_step = Some((talk_start + at + len, true));
+                                match r.step {
+                                    Step::Resume => {
+                                        held = false;
+                                        cfg.pause.resume();
+                                    }
+                                    Step::Hold => {
+                                        if let Some((at, len)) = spec.hold {
+                                            steps.push((talk_start + at + len, Step::Resume));
+                                        }
+                                    }
+                                    Step::Codec(c) => {
+                                        // Send what the answer chose (RFC 3264 §6.1).
+                                        let chosen = parse_sdp(&msg.body)
+                                            .and_then(|m| m.first_codec())
+                                            .map_or(c, |(_, codec)| codec);
+                                        cfg.steer.set_codec(chosen);
+                                        cur_codec = chosen;
+                                        switched_to = Some(chosen);
+                                    }
+                                    Step::Move => {
+                                        if let Some(socket) = r.new_socket {
+                                            if let Ok(local) = socket.local_addr() {
+                                                cur_addr = SocketAddr::new(local_host, local.port());
+                                                moved_to = Some(local);
+                                            }
+                                            cfg.steer.move_to(socket);
+                                        }
+                                        if !held {
+                                            cfg.pause.resume();
+                                        }
+                                    }
                                 }
                             } else {
                                 // Non-2xx final: ACK on the same branch (§17.1.1.3); the
@@ -1483,6 +1607,7 @@ impl Phone {
                                 );
                                 send(&self.socket, &ack, proxy).await;
                                 tracing::debug!(%call_id, code, "re-INVITE refused");
+                                held = false;
                                 cfg.pause.resume();
                             }
                         } else if msg.code().is_some() {
@@ -1570,6 +1695,11 @@ impl Phone {
             bye_sent_at,
             hold_sent_at,
             resume_sent_at,
+            codec_sent_at,
+            switched_to,
+            move_sent_at,
+            moved_to,
+            early_rtp_received,
             rtp: stats,
         })
     }
@@ -1944,26 +2074,31 @@ impl UasCall {
     /// Answers with 200 + SDP, plays the tone and ends on BYE (RFC 3261 §13.3.1.4: the 2xx is
     /// retransmitted until ACK, for at most 64·T1). A re-INVITE is answered 200 with the
     /// complementary direction (sendonly → recvonly, recvonly → sendonly, inactive and sendrecv
-    /// stay; same port and codec, `o=` version + 1); the tone stops while that direction, or an
+    /// stay; same port, `o=` version + 1); the tone stops while that direction, or an
     /// offered `c=0.0.0.0`, forbids sending, and resumes after (the RTP clock runs on).
+    ///
+    /// A re-INVITE offering another codec first is answered with that codec, and the tone goes
+    /// on in it from then on; one offering another address has the tone sent there. With `early = Some((length, tone))` the SDP answer goes out in a
+    /// 183 first and `tone` plays for `length` before the 200 OK (early media; a CANCEL ends it).
     async fn accept(
         &mut self,
         rx: &mut mpsc::Receiver<Incoming>,
         tone_hz: f64,
-    ) -> (Outcome, Option<RtpStats>) {
+        early: Option<(Duration, f64)>,
+    ) -> (Outcome, Option<RtpStats>, Option<RtpStats>) {
         let offer = parse_sdp(&self.invite.body).filter(|m| m.addr.port() != 0);
         let chosen = offer
             .as_ref()
             .and_then(|m| m.first_codec().map(|c| (m.addr, c, m.telephone_event_pt())));
-        let Some((remote, (pt, codec), te_pt)) = chosen else {
+        let Some((mut remote, (mut pt, mut codec), te_pt)) = chosen else {
             // No offer we can answer (late offer is not supported by the demo PBX either).
-            return (self.reject(rx, 488, None).await, None);
+            return (self.reject(rx, 488, None).await, None, None);
         };
         let rtp = match RtpPeer::bind(self.local.ip()).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "PBX could not bind an RTP socket");
-                return (self.reject(rx, 503, None).await, None);
+                return (self.reject(rx, 503, None).await, None, None);
             }
         };
         let rtp_addr = SocketAddr::new(advertised_ip(self.local.ip()), rtp.local_addr().port());
@@ -1988,6 +2123,33 @@ impl UasCall {
             (sdp_session, sdp_version),
             direction,
         );
+        let mut early_stats = None;
+        if let Some((length, early_tone_hz)) = early {
+            self.respond(183, None, Some(&sdp)).await;
+            let early_cfg = PlayConfig {
+                codec,
+                tone_hz: early_tone_hz,
+                duration: length,
+                drop_every: None,
+                ssrc: rtp_peer::random_u64() as u32,
+                pause: pause.clone(),
+                steer: Steer::default(),
+            };
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let waiting = async {
+                let waited = self.wait_or_cancel(rx, length).await;
+                let _ = stop_tx.send(());
+                waited
+            };
+            let playing = rtp.play(remote, &early_cfg, async {
+                let _ = stop_rx.await;
+            });
+            let (waited, stats) = tokio::join!(waiting, playing);
+            early_stats = Some(stats);
+            if let Waited::Cancelled = waited {
+                return (Outcome::Cancelled, None, early_stats);
+            }
+        }
         let ok = self.respond(200, None, Some(&sdp)).await;
 
         let cfg = PlayConfig {
@@ -1997,6 +2159,7 @@ impl UasCall {
             drop_every: None,
             ssrc: rtp_peer::random_u64() as u32,
             pause,
+            steer: Steer::default(),
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let mut stop_tx = Some(stop_tx);
@@ -2038,9 +2201,16 @@ impl UasCall {
                                 continue;
                             };
                             if offer.addr != remote && !offer.addr.ip().is_unspecified() {
-                                tracing::debug!(old = %remote, new = %offer.addr, "PBX keeps sending to the first media address");
+                                // The other side moved its media (RFC 3264 §8.3.1).
+                                remote = offer.addr;
+                                cfg.steer.send_to(remote);
                             }
                             let (direction, may_send) = answer_to(&offer);
+                            // Another codec offered first: answer with it and send it from now on.
+                            if let Some((new_pt, new_codec)) = offer.first_codec().filter(|&(_, c)| c != codec) {
+                                (pt, codec) = (new_pt, new_codec);
+                                cfg.steer.set_codec(new_codec);
+                            }
                             sdp_version += 1;
                             let body = sdp_body(rtp_addr, pt, codec, te_pt, (sdp_session, sdp_version), direction);
                             let contact = self.contact();
@@ -2104,7 +2274,7 @@ impl UasCall {
                 }
             }
         };
-        (Outcome::Answered, Some(stats))
+        (Outcome::Answered, Some(stats), early_stats)
     }
 }
 
@@ -2123,13 +2293,21 @@ async fn run_uas_call(
     }
     let answer = decide(&called_user);
     call.respond(100, None, None).await;
-    let (outcome, rtp) = match answer {
+    let (outcome, rtp, early_rtp) = match answer {
         Answer::Accept { ring, tone_hz } => {
             call.respond(180, None, None).await;
             match call.wait_or_cancel(&mut rx, ring).await {
-                Waited::Cancelled => (Outcome::Cancelled, None),
-                Waited::Elapsed => call.accept(&mut rx, tone_hz).await,
+                Waited::Cancelled => (Outcome::Cancelled, None, None),
+                Waited::Elapsed => call.accept(&mut rx, tone_hz, None).await,
             }
+        }
+        Answer::EarlyMedia {
+            early,
+            early_tone_hz,
+            tone_hz,
+        } => {
+            call.accept(&mut rx, tone_hz, Some((early, early_tone_hz)))
+                .await
         }
         Answer::Reject { code, reason } => {
             // Only final error codes make sense here; anything else becomes 500.
@@ -2138,13 +2316,13 @@ async fn run_uas_call(
             } else {
                 500
             };
-            (call.reject(&mut rx, code, Some(&reason)).await, None)
+            (call.reject(&mut rx, code, Some(&reason)).await, None, None)
         }
         Answer::RingUntilCancel => {
             call.respond(180, None, None).await;
             match call.wait_or_cancel(&mut rx, MAX_RING).await {
-                Waited::Cancelled => (Outcome::Cancelled, None),
-                Waited::Elapsed => (call.reject(&mut rx, 408, None).await, None),
+                Waited::Cancelled => (Outcome::Cancelled, None, None),
+                Waited::Elapsed => (call.reject(&mut rx, 408, None).await, None, None),
             }
         }
     };
@@ -2154,6 +2332,7 @@ async fn run_uas_call(
         caller_from: call.invite.header("from").unwrap_or_default().to_string(),
         outcome,
         rtp,
+        early_rtp,
         received_headers: call.invite.headers.clone(),
     }
 }
@@ -2180,6 +2359,8 @@ mod tests {
                 "P-Asserted-Identity".into(),
                 "\"Alice\" <sip:+358401234567@example.com>".into(),
             )],
+            switch_codec: None,
+            move_rtp: None,
         }
     }
 
@@ -2380,6 +2561,77 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn codec_switch_and_port_move_renegotiate_and_keep_the_stream() {
+        let (pbx_addr, mut pbx) = pbx_with(Answer::Accept {
+            ring: Duration::ZERO,
+            tone_hz: 1000.0,
+        })
+        .await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.talk = Duration::from_millis(1600);
+        s.switch_codec = Some((Duration::from_millis(400), Codec::Pcma));
+        s.move_rtp = Some(Duration::from_millis(1000));
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Answered);
+        assert_eq!(report.switched_to, Some(Codec::Pcma));
+        let answered = report.answered_at.unwrap();
+        let at = |t: Option<SystemTime>| t.unwrap().duration_since(answered).unwrap();
+        let (switch, moved) = (at(report.codec_sent_at), at(report.move_sent_at));
+        assert!(
+            switch.abs_diff(Duration::from_millis(400)) < Duration::from_millis(60),
+            "{switch:?}"
+        );
+        assert!(
+            moved.abs_diff(Duration::from_millis(1000)) < Duration::from_millis(60),
+            "{moved:?}"
+        );
+        let rtp = report.rtp.unwrap();
+        assert_eq!(rtp.sent + rtp.paused, 80, "{rtp:?}");
+        assert!(
+            rtp.paused <= 1,
+            "the move costs at most one packet time: {rtp:?}"
+        );
+        // About 60 of 80 packets went out in PCMA, and the PBX followed the move: about 30
+        // packets reached the new socket.
+        assert!((55..=62).contains(&rtp.sent_after_codec_change), "{rtp:?}");
+        assert!((25..=31).contains(&rtp.received_after_move), "{rtp:?}");
+        assert!(report.moved_to.is_some_and(|a| a.port() != 0));
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        let pbx_rtp = uas.rtp.unwrap();
+        // The PBX switched with the re-INVITE too and received from both sockets.
+        assert!(
+            (55..=62).contains(&pbx_rtp.sent_after_codec_change),
+            "{pbx_rtp:?}"
+        );
+        assert!((76..=80).contains(&pbx_rtp.received), "{pbx_rtp:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn early_media_reaches_the_phone_before_the_answer() {
+        let (pbx_addr, mut pbx) = pbx_with(Answer::EarlyMedia {
+            early: Duration::from_millis(500),
+            early_tone_hz: 600.0,
+            tone_hz: 1000.0,
+        })
+        .await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.talk = Duration::from_millis(400);
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Answered);
+        assert!(
+            (23..=25).contains(&report.early_rtp_received),
+            "{}",
+            report.early_rtp_received
+        );
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        assert_eq!(uas.outcome, Outcome::Answered);
+        assert_eq!(uas.early_rtp.unwrap().sent, 25);
+        assert!(report.rtp.unwrap().received >= 18);
     }
 
     #[tokio::test]

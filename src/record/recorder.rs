@@ -316,10 +316,17 @@ impl Worker {
     /// The registry queues a recording's `Start` before it sets the tap, but the two travel on
     /// different channels: a packet of a new recording can be dequeued before its `Start`.
     /// Runs every queued `Start` now; other commands keep their order in `deferred`.
+    /// The same holds for a re-negotiation: its `Codecs` can trail the first packets that use the
+    /// new payload types, so those are applied early too.
     fn pump_starts(&mut self, commands: &Receiver<Command>) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::Start(start) => self.open(*start),
+                Command::Codecs { slot, codecs } => {
+                    if let Some(a) = self.active.get_mut(&slot) {
+                        a.codecs = codecs;
+                    }
+                }
                 other => self.deferred.push_back(other),
             }
         }
@@ -335,12 +342,21 @@ impl Worker {
         let Ok((header, payload)) = rtp::parse(pkt.bytes()) else {
             return;
         };
-        let map = &active.codecs[idx(pkt.party)];
-        let Some(codec) = map
-            .iter()
-            .find(|(pt, _)| *pt == header.payload_type)
-            .map(|(_, c)| *c)
-        else {
+        let lookup = |a: &Active| {
+            a.codecs[idx(pkt.party)]
+                .iter()
+                .find(|(pt, _)| *pt == header.payload_type)
+                .map(|(_, c)| *c)
+        };
+        let mut codec = lookup(active);
+        if codec.is_none() {
+            self.pump_starts(commands);
+            codec = self.active.get(&pkt.slot).and_then(lookup);
+        }
+        let Some(active) = self.active.get_mut(&pkt.slot) else {
+            return;
+        };
+        let Some(codec) = codec else {
             // telephone-event, comfort noise and undecodable payloads carry no audio to place.
             return;
         };

@@ -30,6 +30,8 @@ pub struct Dialog {
     /// other early or even confirmed dialogs of the same Call-ID exist, and only this one is the
     /// recorded call.
     pub callee_tag: Option<String>,
+    /// When the session timer (RFC 4028) runs out unless a refresh comes.
+    pub session_expires: Option<std::time::Instant>,
 }
 
 impl Dialog {

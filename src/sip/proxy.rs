@@ -7,7 +7,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::sip::dialog::{Dialog, DialogState};
 use crate::sip::limit::{SourceLimiter, Verdict};
@@ -101,6 +101,15 @@ pub enum CallEventKind {
         /// Who sent it.
         by: Party,
     },
+    /// A transfer of the call was accepted: a REFER in its dialog answered 2xx (RFC 3515), or
+    /// an INVITE with Replaces naming it was forwarded (RFC 3891, attended transfer).
+    Transferred {
+        /// The party that sent the REFER; `None` for Replaces (a third party's INVITE).
+        by: Option<Party>,
+    },
+    /// The session timer (RFC 4028) ran out without a refresh: the session is over even though
+    /// no BYE passed (the parties' own timers end it; we release what we hold).
+    SessionExpired,
 }
 
 /// A call event with its Call-ID and time.
@@ -445,6 +454,15 @@ impl Proxy {
         );
         if invite && initial {
             self.emit_invite(now, from, &req, &call_id);
+            // RFC 3891: this INVITE takes over another call of ours (attended transfer).
+            let replaced = req
+                .header("Replaces")
+                .and_then(|r| r.split(';').next())
+                .map(|id| id.trim().to_string())
+                .filter(|id| *id != call_id && self.dialogs.contains_key(id));
+            if let Some(replaced) = replaced {
+                self.emit(now, &replaced, CallEventKind::Transferred { by: None });
+            }
         }
         if method == "BYE" {
             if let Some(by) = party {
@@ -497,6 +515,7 @@ impl Proxy {
                             state: DialogState::Proceeding,
                             challenge: None,
                             callee_tag: None,
+                            session_expires: None,
                         },
                     );
                 }
@@ -670,6 +689,7 @@ impl Proxy {
         let method = resp.cseq().map(|(_, m)| m.to_string()).unwrap_or_default();
         resp.remove_first_value("Via");
         let ckey = ClientKey { branch, method };
+        let request_method = ckey.method.clone();
         let Some(ctxn) = self.client.get_mut(&ckey) else {
             // No transaction (restart, or a 2xx retransmission after the Accepted state):
             // forward statelessly by Via (RFC 3261 §16.7 step 2, §16.11).
@@ -685,6 +705,7 @@ impl Proxy {
             return;
         }
         let party = ctxn.party.map(Party::other);
+        let requester = ctxn.party;
         let call_id = ctxn.call_id.clone();
         let initial_invite = ctxn.initial_invite;
         let invite = ctxn.invite;
@@ -767,6 +788,13 @@ impl Proxy {
         if initial_invite && first_final {
             self.invite_final(now, &call_id, status, &resp, server_key.as_ref());
         }
+        if live && first_final && (200..300).contains(&status) {
+            match request_method.as_str() {
+                "REFER" => self.emit(now, &call_id, CallEventKind::Transferred { by: requester }),
+                "INVITE" | "UPDATE" => self.session_refreshed(now, &call_id, &resp),
+                _ => {}
+            }
+        }
         let bytes = resp.to_bytes();
         let Some(skey) = server_key else { return };
         let Some(stxn) = self.server.get_mut(&skey) else {
@@ -786,6 +814,24 @@ impl Proxy {
             }
             // Keep the transaction to answer retransmissions (Timers H/J, and 2xx wait).
             self.schedule(now + TIMEOUT, Timer::ServerCleanup(skey));
+        }
+    }
+
+    /// A 2xx to INVITE or UPDATE sets or refreshes the session timer (RFC 4028 §9/§10): the
+    /// session lasts Session-Expires seconds from now unless refreshed; a 2xx without the header
+    /// turns the timer off.
+    fn session_refreshed(&mut self, now: Instant, call_id: &str, resp: &Message) {
+        let expires = resp
+            .header("Session-Expires")
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0);
+        let Some(dialog) = self.dialogs.get_mut(call_id) else {
+            return;
+        };
+        dialog.session_expires = expires.map(|s| now + Duration::from_secs(s));
+        if let Some(at) = dialog.session_expires {
+            self.schedule(at, Timer::SessionExpiry(call_id.to_string()));
         }
     }
 
@@ -949,6 +995,18 @@ impl Proxy {
                 if due {
                     tracing::info!(branch = %key.branch, "Timer C fired: cancelling the unanswered INVITE");
                     self.cancel_branch(now, &key);
+                }
+            }
+            Timer::SessionExpiry(call_id) => {
+                let expired = self
+                    .dialogs
+                    .get(&call_id)
+                    .and_then(|d| d.session_expires)
+                    .is_some_and(|at| at <= now);
+                if expired {
+                    tracing::info!(%call_id, "session timer expired without refresh");
+                    self.dialogs.remove(&call_id);
+                    self.emit(now, &call_id, CallEventKind::SessionExpired);
                 }
             }
             Timer::ClientCleanup(key) => {

@@ -942,3 +942,99 @@ fn register_from_a_phone_goes_to_the_pbx_with_our_path_when_supported() {
     let (sends, _) = h.input(PHONE, &register(""));
     assert!(!sends[0].1.contains("Path:"), "{}", sends[0].1);
 }
+
+/// Confirms the standard call with a 200 that carries `extra` headers; returns the forwarded INVITE.
+fn answered_call(h: &mut Harness, extra: &str) -> String {
+    let fwd = start_call(h);
+    let extra = format!("Contact: <sip:pbx@192.0.2.5>\r\n{extra}");
+    h.input(PBX, &response(&fwd, 200, "OK", Some("pbx1"), &extra, SDP));
+    fwd
+}
+
+fn in_dialog_from_caller(method: &str, cseq: u32, extra: &str) -> String {
+    format!(
+        "{method} sip:pbx@192.0.2.5 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK{method}{cseq};rport\r\nRoute: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>;tag=pbx1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn accepted_refer_reports_a_transfer_by_its_sender() {
+    let mut h = Harness::new();
+    answered_call(&mut h, "");
+    let refer = in_dialog_from_caller(
+        "REFER",
+        2,
+        "Refer-To: <sip:2002@192.0.2.5>\r\nReferred-By: <sip:0401234567@198.51.100.7>\r\n",
+    );
+    let (sends, events) = h.input(PHONE, &refer);
+    assert_eq!(sends[0].0, addr(PBX));
+    assert!(sends[0].1.contains("Refer-To: <sip:2002@192.0.2.5>\r\n"));
+    assert!(events.is_empty(), "not before it is accepted");
+    let (sends, events) = h.input(PBX, &response(&sends[0].1, 202, "Accepted", None, "", ""));
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert_eq!(
+        events[0].kind,
+        CallEventKind::Transferred {
+            by: Some(Party::Caller)
+        }
+    );
+}
+
+#[test]
+fn invite_with_replaces_reports_a_transfer_of_the_replaced_call() {
+    let mut h = Harness::new();
+    answered_call(&mut h, "");
+    let replacing = invite()
+        .replace("call-1@198.51.100.7", "call-2@198.51.100.9")
+        .replace("tag=from1", "tag=from2")
+        .replace("branch=z9hG4bKabc1", "branch=z9hG4bKrep1")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nReplaces: call-1@198.51.100.7;to-tag=pbx1;from-tag=from1\r\n",
+        );
+    let (_, events) = h.input("198.51.100.9:5060", &replacing);
+    assert!(matches!(events[0].kind, CallEventKind::Invite(_)));
+    assert_eq!(events[1].call_id, "call-1@198.51.100.7");
+    assert_eq!(events[1].kind, CallEventKind::Transferred { by: None });
+}
+
+#[test]
+fn a_session_timer_not_refreshed_ends_the_call_and_a_refresh_extends_it() {
+    let mut h = Harness::new();
+    answered_call(
+        &mut h,
+        "Session-Expires: 90;refresher=uac\r\nRequire: timer\r\n",
+    );
+    // Refreshed at 60 s by a re-INVITE whose 2xx again says 90 s.
+    h.advance(Duration::from_secs(60));
+    let reinvite = in_dialog_from_caller("INVITE", 3, "Session-Expires: 90;refresher=uac\r\n");
+    let (sends, _) = h.input(PHONE, &reinvite);
+    let fwd = sends
+        .iter()
+        .find(|(to, _)| *to == addr(PBX))
+        .unwrap()
+        .1
+        .clone();
+    h.input(
+        PBX,
+        &response(
+            &fwd,
+            200,
+            "OK",
+            None,
+            "Session-Expires: 90;refresher=uac\r\n",
+            "",
+        ),
+    );
+    // 90 s after the first answer nothing happens: the refresh moved the deadline to 150 s.
+    let (_, events) = h.advance(Duration::from_secs(40));
+    assert!(events.is_empty(), "{events:?}");
+    // No further refresh: at 150 s the session is over.
+    let (_, events) = h.advance(Duration::from_secs(51));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, CallEventKind::SessionExpired);
+    assert_eq!(h.proxy.sizes().2, 0, "the dialog is released");
+}

@@ -76,15 +76,19 @@ impl Daemon {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(pos) = line.find("sip=udp:") {
-                    let addr = line[pos + 8..]
+                // Logged before it is announced, so a test that reads the log right after
+                // `start` returns sees the readiness line.
+                let addr = line.find("sip=udp:").map(|pos| {
+                    line[pos + 8..]
                         .split([',', ' '])
                         .next()
                         .unwrap_or_default()
-                        .to_string();
+                        .to_string()
+                });
+                sink.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(15)) {

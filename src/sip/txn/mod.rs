@@ -152,4 +152,6 @@ pub enum Timer {
     ServerCleanup(ServerKey),
     /// A challenged call (401/407) was not retried in time.
     CallCleanup(String),
+    /// A call's session timer (RFC 4028) may have run out.
+    SessionExpiry(String),
 }
