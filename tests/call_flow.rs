@@ -17,18 +17,8 @@ const CALLEE_HZ: f64 = 1000.0;
 
 fn spec(codec: Codec, talk: Duration) -> CallSpec {
     CallSpec {
-        from_user: "0401234567".into(),
         from_display: Some("Test Caller".into()),
-        to_user: "0295120000".into(),
-        codec,
-        tone_hz: CALLER_HZ,
-        talk,
-        drop_every: None,
-        cancel_after_ringing: false,
-        hold: None,
-        extra_headers: Vec::new(),
-        switch_codec: None,
-        move_rtp: None,
+        ..CallSpec::new("0401234567", "0295120000", codec, CALLER_HZ, talk)
     }
 }
 

@@ -46,18 +46,14 @@ fn hold_and_resume_leave_aligned_silence_and_events() {
         }))
     };
     let spec = CallSpec {
-        from_user: "0401234567".into(),
-        from_display: None,
-        to_user: "0295120000".into(),
-        codec: Codec::Pcmu,
-        tone_hz: CALLER_HZ,
-        talk: Duration::from_secs(4),
-        drop_every: None,
-        cancel_after_ringing: false,
         hold: Some((Duration::from_millis(1000), Duration::from_millis(1500))),
-        extra_headers: Vec::new(),
-        switch_codec: None,
-        move_rtp: None,
+        ..CallSpec::new(
+            "0401234567",
+            "0295120000",
+            Codec::Pcmu,
+            CALLER_HZ,
+            Duration::from_secs(4),
+        )
     };
     let proxy = daemon.sip;
     let report = rt.block_on(async {

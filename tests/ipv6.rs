@@ -43,20 +43,13 @@ fn call_over_ipv6_loopback_is_relayed_and_recorded() {
             tone_hz: 1000.0,
         }))
     };
-    let spec = CallSpec {
-        from_user: "0401234567".into(),
-        from_display: None,
-        to_user: "0295120000".into(),
-        codec: Codec::Pcma,
-        tone_hz: 440.0,
-        talk: Duration::from_secs(2),
-        drop_every: None,
-        cancel_after_ringing: false,
-        extra_headers: Vec::new(),
-        switch_codec: None,
-        move_rtp: None,
-        hold: None,
-    };
+    let spec = CallSpec::new(
+        "0401234567",
+        "0295120000",
+        Codec::Pcma,
+        440.0,
+        Duration::from_secs(2),
+    );
     let proxy = daemon.sip;
     let report = rt.block_on(async {
         let phone = Phone::bind(V6).await.unwrap();

@@ -20,20 +20,7 @@ const EARLY_HZ: f64 = 600.0;
 const RATE: u32 = 8000;
 
 fn spec(talk: Duration) -> CallSpec {
-    CallSpec {
-        from_user: "0401234567".into(),
-        from_display: None,
-        to_user: "0295120000".into(),
-        codec: Codec::Pcmu,
-        tone_hz: CALLER_HZ,
-        talk,
-        drop_every: None,
-        cancel_after_ringing: false,
-        hold: None,
-        extra_headers: Vec::new(),
-        switch_codec: None,
-        move_rtp: None,
-    }
+    CallSpec::new("0401234567", "0295120000", Codec::Pcmu, CALLER_HZ, talk)
 }
 
 /// A daemon in front of a PBX answering every call with `answer`.

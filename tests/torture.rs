@@ -256,20 +256,13 @@ fn torture_messages_are_forwarded_or_rejected_as_the_rfcs_say_and_calls_still_wo
             tone_hz: 1000.0,
         }))
     });
-    let spec = CallSpec {
-        from_user: "0401234567".into(),
-        from_display: None,
-        to_user: "0295120000".into(),
-        codec: Codec::Pcmu,
-        tone_hz: 440.0,
-        talk: Duration::from_secs(2),
-        drop_every: None,
-        cancel_after_ringing: false,
-        hold: None,
-        extra_headers: Vec::new(),
-        switch_codec: None,
-        move_rtp: None,
-    };
+    let spec = CallSpec::new(
+        "0401234567",
+        "0295120000",
+        Codec::Pcmu,
+        440.0,
+        Duration::from_secs(2),
+    );
     let proxy: SocketAddr = daemon.sip;
     let report = rt.block_on(async {
         Phone::bind("127.0.0.1".parse().unwrap())

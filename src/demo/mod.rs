@@ -165,19 +165,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
 
     let mut calls = Vec::new();
     for i in 0..opts.calls {
+        let codec = if i % 2 == 0 { Codec::Pcmu } else { Codec::Pcma };
+        let tone = CALLER_TONES[i as usize % CALLER_TONES.len()];
+        let from = format!("04012345{i:02}");
         let spec = CallSpec {
-            from_user: format!("04012345{i:02}"),
             from_display: Some(format!("Demo caller {}", i + 1)),
-            to_user: called_number(i),
-            codec: if i % 2 == 0 { Codec::Pcmu } else { Codec::Pcma },
-            tone_hz: CALLER_TONES[i as usize % CALLER_TONES.len()],
-            talk: opts.talk,
-            drop_every: None,
-            cancel_after_ringing: false,
-            hold: None,
-            extra_headers: Vec::new(),
-            switch_codec: None,
-            move_rtp: None,
+            ..CallSpec::new(&from, &called_number(i), codec, tone, opts.talk)
         };
         let phone = Phone::bind(loopback).await?;
         calls.push(tokio::spawn(async move {

@@ -107,6 +107,34 @@ pub struct CallSpec {
     pub move_rtp: Option<Duration>,
 }
 
+impl CallSpec {
+    /// A plain call: `from_user` calls `to_user` with `codec`, plays `tone_hz` for `talk`, then
+    /// hangs up; no display name, loss, cancel, hold, codec or port change, or extra headers.
+    /// Set the other fields with struct update syntax.
+    pub fn new(
+        from_user: &str,
+        to_user: &str,
+        codec: Codec,
+        tone_hz: f64,
+        talk: Duration,
+    ) -> CallSpec {
+        CallSpec {
+            from_user: from_user.into(),
+            from_display: None,
+            to_user: to_user.into(),
+            codec,
+            tone_hz,
+            talk,
+            drop_every: None,
+            cancel_after_ringing: false,
+            hold: None,
+            extra_headers: Vec::new(),
+            switch_codec: None,
+            move_rtp: None,
+        }
+    }
+}
+
 /// How a call ended, seen from either side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -2348,19 +2376,17 @@ mod tests {
         CallSpec {
             from_user: "alice".into(),
             from_display: Some("Alice \"A\" Smith".into()),
-            to_user: to_user.into(),
-            codec: Codec::Pcmu,
-            tone_hz: 440.0,
-            talk: Duration::from_millis(600),
-            drop_every: None,
-            cancel_after_ringing: false,
-            hold: None,
             extra_headers: vec![(
                 "P-Asserted-Identity".into(),
                 "\"Alice\" <sip:+358401234567@example.com>".into(),
             )],
-            switch_codec: None,
-            move_rtp: None,
+            ..CallSpec::new(
+                "alice",
+                to_user,
+                Codec::Pcmu,
+                440.0,
+                Duration::from_millis(600),
+            )
         }
     }
 
