@@ -1038,3 +1038,89 @@ fn a_session_timer_not_refreshed_ends_the_call_and_a_refresh_extends_it() {
     assert_eq!(events[0].kind, CallEventKind::SessionExpired);
     assert_eq!(h.proxy.sizes().2, 0, "the dialog is released");
 }
+
+#[test]
+fn reliable_provisional_and_prack_pass_through_the_early_dialog() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    // RFC 3262: a reliable 183 with early media; RSeq and Require pass untouched.
+    let reliable = response(
+        &fwd,
+        183,
+        "Session Progress",
+        Some("pbx1"),
+        "Require: 100rel\r\nRSeq: 1\r\nContact: <sip:pbx@192.0.2.5>\r\n",
+        SDP,
+    );
+    let (sends, _) = h.input(PBX, &reliable);
+    assert_eq!(sends.len(), 1);
+    assert!(
+        sends[0].1.contains("Require: 100rel\r\nRSeq: 1\r\n"),
+        "{}",
+        sends[0].1
+    );
+    assert!(
+        sends[0].1.ends_with("m=audio 30000 RTP/AVP 0\r\n"),
+        "early media anchored"
+    );
+    let prack = "PRACK sip:pbx@192.0.2.5 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKprack1;rport\r\nRoute: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\n\
+From: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\nTo: <sip:0295120000@192.0.2.10>;tag=pbx1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 2 PRACK\r\nRAck: 1 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let (sends, events) = h.input(PHONE, prack);
+    assert!(events.is_empty());
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, addr(PBX));
+    assert!(sends[0]
+        .1
+        .starts_with("PRACK sip:pbx@192.0.2.5 SIP/2.0\r\n"));
+    assert!(sends[0].1.contains("RAck: 1 1 INVITE\r\n"));
+    let (sends, _) = h.input(PBX, &response(&sends[0].1, 200, "OK", None, "", ""));
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(sends[0].1.starts_with("SIP/2.0 200 OK\r\n") && sends[0].1.contains("CSeq: 2 PRACK"));
+    // The call is then answered as usual.
+    let (_, events) = h.input(
+        PBX,
+        &response(
+            &fwd,
+            200,
+            "OK",
+            Some("pbx1"),
+            "Contact: <sip:pbx@192.0.2.5>\r\n",
+            SDP,
+        ),
+    );
+    assert_eq!(events[0].kind, CallEventKind::Answered);
+}
+
+#[test]
+fn update_with_sdp_in_the_call_is_anchored_for_its_sender() {
+    let mut h = Harness::new();
+    answered_call(&mut h, "");
+    let hold_sdp = SDP.replace(
+        "m=audio 4000 RTP/AVP 0\r\n",
+        "m=audio 4000 RTP/AVP 0\r\na=sendonly\r\n",
+    );
+    let update = in_dialog_from_caller("UPDATE", 3, "Content-Type: application/sdp\r\n").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {}\r\n\r\n{hold_sdp}", hold_sdp.len()),
+    );
+    let seen = h.anchor.seen.len();
+    let (sends, events) = h.input(PHONE, &update);
+    assert!(events.is_empty());
+    assert_eq!(sends[0].0, addr(PBX));
+    assert_eq!(h.anchor.seen.len(), seen + 1);
+    assert_eq!(h.anchor.seen[seen].1, Party::Caller);
+    assert!(String::from_utf8_lossy(&h.anchor.seen[seen].2).contains("a=sendonly"));
+    let answer = SDP.replace(
+        "m=audio 4000 RTP/AVP 0\r\n",
+        "m=audio 4000 RTP/AVP 0\r\na=recvonly\r\n",
+    );
+    let (sends, _) = h.input(PBX, &response(&sends[0].1, 200, "OK", None, "", &answer));
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert_eq!(
+        h.anchor.seen[seen + 1].1,
+        Party::Callee,
+        "the answer is the callee's SDP"
+    );
+}
