@@ -343,9 +343,11 @@ impl CallRegistry {
                 self.end(call, end, at);
             }
             CallEventKind::Transferred { by } => {
+                let before = self.events_of(&call_id);
                 if let Some(call) = self.calls.get_mut(&call_id) {
                     call.note_transfer(by, at);
                 }
+                self.persist_if_new_events(&call_id, before);
             }
             CallEventKind::SessionExpired => {
                 if let Some(call) = self.calls.remove(&call_id) {
@@ -548,6 +550,30 @@ impl CallRegistry {
         }
     }
 
+    /// Number of mid-call events recorded for a call so far.
+    fn events_of(&self, call_id: &str) -> usize {
+        self.calls.get(call_id).map_or(0, |c| c.record.events.len())
+    }
+
+    /// A recording call whose record gained events has its sidecar rewritten (on the recorder
+    /// thread, in order between its first and its final write), so the file on disk follows the
+    /// call (DESIGN: rewritten at every state change) and a crash keeps the events.
+    fn persist_if_new_events(&self, call_id: &str, before: usize) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        if call.recording.is_none() || call.record.events.len() == before {
+            return;
+        }
+        let Some(wav) = &call.record.wav else {
+            return;
+        };
+        self.recorder.send(Command::Sidecar {
+            path: PathBuf::from(&wav.path).with_extension("json"),
+            record: Box::new(call.record.clone()),
+        });
+    }
+
     /// Anchors every stream of one SDP body; all or nothing.
     fn anchor(
         &mut self,
@@ -683,8 +709,12 @@ impl MediaAnchor for CallRegistry {
             }
         };
         let views = sdp.media();
+        let events_before = self.events_of(call_id);
         match self.anchor(call_id, party, &mut sdp, &views, now) {
-            Ok(()) => Some(sdp.to_bytes()),
+            Ok(()) => {
+                self.persist_if_new_events(call_id, events_before);
+                Some(sdp.to_bytes())
+            }
             Err(e) => {
                 // The SDP goes on unchanged: media the proxy had not anchored yet flows directly
                 // between the parties, media it had anchored stays anchored.
@@ -967,6 +997,14 @@ mod tests {
         // No RTP at all for longer than the media timeout: the held call stays up.
         let quiet = tokio::time::timeout(ms(1500), relay_events.recv()).await;
         assert!(quiet.is_err(), "a held call timed out: {quiet:?}");
+        // The sidecar on disk already carries the hold, while the call is still recording.
+        let wav = reg.calls["c1"].record.wav.clone().expect("recording");
+        let on_disk: CallRecord =
+            crate::call::metadata::read_sidecar(&PathBuf::from(&wav.path).with_extension("json"))
+                .unwrap();
+        assert_eq!(on_disk.state, RecordState::Recording);
+        assert_eq!(on_disk.events.len(), 1);
+        assert_eq!(on_disk.events[0].kind, "hold");
         // Resume with sendrecv at 2.5 s, answered sendrecv.
         reg.on_sdp(
             "c1",
