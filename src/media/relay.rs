@@ -746,8 +746,6 @@ impl Relay {
                 }
             };
             let arrival = Instant::now();
-            // Any packet counts as activity, even one that is then dropped.
-            self.last_packet = arrival;
             let Some(packet) = buf.get(..len) else { return };
             self.forward(from, kind, src, arrival, packet);
         }
@@ -781,6 +779,11 @@ impl Relay {
             from,
             kind,
         };
+        // Only what the latch accepts keeps the stream alive: packets from a sprayer or any
+        // other foreign source must not hold a dead call's media open.
+        if matches!(verdict, Verdict::Held | Verdict::Forward { .. }) {
+            self.last_packet = arrival;
+        }
         match verdict {
             Verdict::Held => {}
             Verdict::Foreign => {
@@ -1372,5 +1375,63 @@ mod tests {
             })
         );
         assert!(armed.elapsed() >= Duration::from_millis(600));
+    }
+
+    #[tokio::test]
+    async fn sockets_a_sprayer_does_not_keep_a_silent_call_alive() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 43430, 43439);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let relay = spawn(
+            Arc::from("silent"),
+            0,
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            Duration::from_millis(600),
+            events_tx,
+        )
+        .unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for (party, sock) in [(Party::Caller, &phone), (Party::Callee, &pbx)] {
+            let a = sock.local_addr().unwrap();
+            relay.control(RelayControl::Remote {
+                party,
+                rtp: a,
+                rtcp: SocketAddr::new(a.ip(), a.port() + 1),
+            });
+        }
+        relay.control(RelayControl::Arm);
+        // Both parties latch at their SDP addresses, then fall silent; an attacker keeps
+        // spraying both ports.
+        phone
+            .send_to(&rtp_packet(1, 0), relay.local_rtp(Party::Caller))
+            .await
+            .unwrap();
+        pbx.send_to(&rtp_packet(2, 0), relay.local_rtp(Party::Callee))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut seq = 0u16;
+        let timed_out = loop {
+            for facing in [Party::Caller, Party::Callee] {
+                attacker
+                    .send_to(&rtp_packet(666, seq), relay.local_rtp(facing))
+                    .await
+                    .unwrap();
+            }
+            seq = seq.wrapping_add(1);
+            if let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_millis(20), events.recv()).await
+            {
+                break Some((start.elapsed(), e));
+            }
+            if start.elapsed() > Duration::from_secs(3) {
+                break None;
+            }
+        };
+        let (after, event) = timed_out.expect("the media timeout despite the sprayer");
+        assert!(matches!(event, RelayEvent::Timeout { stream: 0, .. }));
+        assert!(after < Duration::from_millis(1500), "{after:?}");
     }
 }
