@@ -458,6 +458,13 @@ impl CallRegistry {
             call.record.service.decision = Decision::Failed;
             call.record.service.reason = Some(reason.clone());
             call.record.not_recorded_reason = Some(reason);
+            // Written now, not only at the end: if the call's end never passes the proxy, the
+            // register still shows that the call happened and why it was not recorded.
+            let path = not_recorded_path(&dir, call);
+            self.recorder.send(Command::Sidecar {
+                path,
+                record: Box::new(call.record.clone()),
+            });
             return;
         }
         let Some(stream) = call
@@ -539,9 +546,7 @@ impl CallRegistry {
                         _ => "the call ended before recording began".into(),
                     });
                 }
-                let started = call.invite_at.map(wall_time).unwrap_or(wall);
-                let path = day_dir(&self.cfg.recording_dir, started)
-                    .join(format!("{}.json", rec.recording_id));
+                let path = not_recorded_path(&self.cfg.recording_dir, &call);
                 self.recorder.send(Command::Sidecar {
                     path,
                     record: Box::new(call.record),
@@ -727,6 +732,15 @@ impl MediaAnchor for CallRegistry {
             }
         }
     }
+}
+
+/// Where the sidecar of a call without a recording goes: the day of its INVITE.
+fn not_recorded_path(dir: &std::path::Path, call: &Call) -> PathBuf {
+    let started = call
+        .invite_at
+        .map(wall_time)
+        .unwrap_or_else(SystemTime::now);
+    day_dir(dir, started).join(format!("{}.json", call.record.recording_id))
 }
 
 /// Why an answered call cannot be recorded, if it cannot.
@@ -1156,5 +1170,43 @@ mod tests {
                 (8, Codec::Pcma)
             ]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unrecordable_call_has_its_sidecar_on_disk_at_answer() {
+        let (mut reg, _relay_events, dir) = registry(Duration::from_secs(5), 43200);
+        let srtp = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let now = Instant::now();
+        reg.on_sdp("c1", Party::Caller, srtp, now).unwrap();
+        reg.on_event(event(CallEventKind::Invite(InviteInfo {
+            from_pbx: false,
+            source: "127.0.0.1:5060".parse().unwrap(),
+            request_uri_user: Some("100".into()),
+            to_user: None,
+            from_user: Some("0401234567".into()),
+            asserted_user: None,
+        })));
+        reg.on_sdp("c1", Party::Callee, srtp, now).unwrap();
+        reg.on_event(event(CallEventKind::Answered));
+        // The call is up and relayed (ports held), and the register already shows it.
+        assert_eq!(reg.ports_in_use(), 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let record = loop {
+            let found = crate::ops::sidecar_paths(dir.path())
+                .into_iter()
+                .find_map(|p| crate::call::metadata::read_sidecar(&p).ok());
+            if let Some(r) = found {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "no sidecar while the call is up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(record.state, RecordState::NotRecorded);
+        assert_eq!(
+            record.not_recorded_reason.as_deref(),
+            Some("encrypted media (SRTP) is relayed but not recorded")
+        );
+        assert!(record.wav.is_none());
+        assert!(record.times.answer.is_some() && record.times.end.is_none());
     }
 }
