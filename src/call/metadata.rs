@@ -429,4 +429,155 @@ mod tests {
             serde_json::from_value(serde_json::json!({ "at_ms": 20, "type": "gap" })).unwrap();
         assert_eq!(back, gap);
     }
+
+    /// Checks `value` against the subset of JSON Schema that docs/metadata.schema.json uses.
+    fn schema_errors(
+        schema: &serde_json::Value,
+        root: &serde_json::Value,
+        value: &serde_json::Value,
+        at: &str,
+    ) -> Vec<String> {
+        use serde_json::Value;
+        if let Some(Value::String(r)) = schema.get("$ref") {
+            let name = r.trim_start_matches("#/$defs/");
+            return schema_errors(&root["$defs"][name], root, value, at);
+        }
+        let mut errors = Vec::new();
+        if let Some(t) = schema.get("type") {
+            let types: Vec<&str> = match t {
+                Value::String(s) => vec![s.as_str()],
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            let ok = types.iter().any(|t| match *t {
+                "null" => value.is_null(),
+                "string" => value.is_string(),
+                "integer" => value.is_u64() || value.is_i64(),
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                _ => false,
+            });
+            if !ok {
+                errors.push(format!("{at}: {value} is not {types:?}"));
+            }
+        }
+        if let Some(Value::Array(options)) = schema.get("enum") {
+            if !options.contains(value) {
+                errors.push(format!("{at}: {value} not in {options:?}"));
+            }
+        }
+        if let Some(c) = schema.get("const") {
+            if c != value {
+                errors.push(format!("{at}: {value} is not {c}"));
+            }
+        }
+        if let Value::Object(obj) = value {
+            let props = schema.get("properties").and_then(Value::as_object);
+            for key in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if !obj.contains_key(key.as_str().unwrap_or_default()) {
+                    errors.push(format!("{at}: missing {key}"));
+                }
+            }
+            for (k, v) in obj {
+                match props.and_then(|p| p.get(k)) {
+                    Some(sub) => errors.extend(schema_errors(sub, root, v, &format!("{at}.{k}"))),
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                        errors.push(format!("{at}: unknown key {k}"))
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+            for (i, v) in items.iter().enumerate() {
+                errors.extend(schema_errors(item_schema, root, v, &format!("{at}[{i}]")));
+            }
+        }
+        errors
+    }
+
+    #[test]
+    fn sidecars_match_the_published_json_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/metadata.schema.json")).unwrap();
+        let t = format_time(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123));
+        let mut full = CallRecord::new("01JDQ4Z6M8V0W3T5Y7B9C1D2E3".into(), "a@b".into());
+        full.state = RecordState::Complete;
+        full.direction = Some(Direction::Inbound);
+        full.caller_number = Some("0401234567".into());
+        full.times = Times {
+            invite: Some(t.clone()),
+            answer: Some(t.clone()),
+            recording_start: Some(t.clone()),
+            recording_end: Some(t.clone()),
+            end: Some(t),
+        };
+        full.duration_ms = Some(3000);
+        full.start_reason = Some("answer".into());
+        full.set_end(EndReason::ByeCaller);
+        full.legs.caller.codec = Some("PCMU".into());
+        full.events = vec![
+            CallEventRecord {
+                at_ms: 1000,
+                kind: "hold".into(),
+                by: Some("caller".into()),
+                codec: None,
+            },
+            CallEventRecord {
+                at_ms: 2000,
+                kind: "codec_change".into(),
+                by: Some("callee".into()),
+                codec: Some("PCMA".into()),
+            },
+            CallEventRecord {
+                at_ms: 2500,
+                kind: "transfer".into(),
+                by: None,
+                codec: None,
+            },
+        ];
+        full.wav = Some(WavInfo {
+            path: "/r/x.wav".into(),
+            bytes: Some(44),
+            sample_rate: 8000,
+            channels: 2,
+            duration_ms: Some(0),
+            sha256: Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into()),
+        });
+        let mut minimal = CallRecord::new("01JDQ4Z6M8V0W3T5Y7B9C1D2E4".into(), "c@d".into());
+        minimal.state = RecordState::NotRecorded;
+        minimal.not_recorded_reason = Some("not answered: 486 Busy Here".into());
+        for record in [&full, &minimal] {
+            let v = serde_json::to_value(record).unwrap();
+            let errors = schema_errors(&schema, &schema, &v, "$");
+            assert!(errors.is_empty(), "{errors:#?}");
+        }
+        // Every end reason the code can write is in the schema (and ended_by with it).
+        for reason in [
+            EndReason::ByeCaller,
+            EndReason::ByeCallee,
+            EndReason::Cancel,
+            EndReason::Rejected,
+            EndReason::Transferred,
+            EndReason::MediaTimeout,
+            EndReason::SessionExpired,
+            EndReason::Shutdown,
+            EndReason::Failure,
+        ] {
+            let mut r = minimal.clone();
+            r.set_end(reason);
+            let errors = schema_errors(&schema, &schema, &serde_json::to_value(&r).unwrap(), "$");
+            assert!(errors.is_empty(), "{reason:?}: {errors:?}");
+        }
+        // The checker does reject what the schema forbids.
+        let mut v = serde_json::to_value(&minimal).unwrap();
+        v["unexpected"] = serde_json::json!(1);
+        v["state"] = serde_json::json!("lost");
+        assert_eq!(schema_errors(&schema, &schema, &v, "$").len(), 2);
+    }
 }
