@@ -10,11 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use recproxy::codec::Codec;
 use recproxy::demo::tone::{rms, Tone};
-use recproxy::media::rtp::{write_header, RtpHeader};
-use recproxy::sdp::Sdp;
-use recproxy::sip::msg::Message;
+use support::raw::{media_addr, pcmu_packet, play, recv_sip, rtcp_rr, sdp};
 use support::{dominance, write_config, Daemon, Wav};
 
 /// The sprayed test's media ports, and the NAT test's.
@@ -22,67 +19,6 @@ const PORTS: (u16, u16) = (43800, 43849);
 const NAT_PORTS: (u16, u16) = (43850, 43899);
 const ATTACKER_SSRC: u32 = 0x0BAD_0BAD;
 const ATTACKER_HZ: f64 = 2500.0;
-
-fn sdp(port: u16, rtcp: u16) -> String {
-    format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp:{rtcp}\r\na=sendrecv\r\n")
-}
-
-/// Waits for a SIP message matching `pred` on `sock`.
-fn recv_sip(sock: &UdpSocket, pred: impl Fn(&Message) -> bool) -> Message {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut buf = vec![0u8; 65536];
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    while Instant::now() < deadline {
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if let Ok((m, _)) = Message::parse(&buf[..n]) {
-                if pred(&m) {
-                    return m;
-                }
-            }
-        }
-    }
-    panic!("expected SIP message did not arrive");
-}
-
-/// The proxy's media address for us, from an SDP body it rewrote.
-fn media_addr(body: &[u8]) -> SocketAddr {
-    let view = &Sdp::parse(body).unwrap().media()[0];
-    SocketAddr::new(view.connection.unwrap(), view.port)
-}
-
-/// One 20 ms PCMU packet of `tone`.
-fn packet(tone: &mut Tone, seq: u16, ssrc: u32) -> Vec<u8> {
-    let mut pcm = [0i16; 160];
-    tone.fill(&mut pcm);
-    let mut head = [0u8; 12];
-    write_header(
-        &RtpHeader {
-            marker: false,
-            payload_type: 0,
-            seq,
-            timestamp: 160 * u32::from(seq),
-            ssrc,
-        },
-        &mut head,
-    );
-    let mut pkt = head.to_vec();
-    Codec::Pcmu.encode(&pcm, &mut pkt);
-    pkt
-}
-
-/// Sends `n` packets of `hz` from `sock` to `to`, paced in real time, with sequence numbers
-/// (and timestamps) from `seq0`.
-fn play(sock: &UdpSocket, to: SocketAddr, hz: f64, seq0: u16, n: u16, ssrc: u32) {
-    let mut tone = Tone::new(hz, 8000, 8000);
-    let start = Instant::now();
-    for i in 0..n {
-        sock.send_to(&packet(&mut tone, seq0 + i, ssrc), to)
-            .unwrap();
-        let next = start + Duration::from_millis(20 * (u64::from(i) + 1));
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-}
 
 /// Collects the SSRC of every packet arriving on a clone of `sock` until `until` (RTP: octets
 /// 8..12, RTCP: octets 4..8).
@@ -112,13 +48,12 @@ fn spray(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_nonblocking(true).unwrap();
         let mut tone = Tone::new(ATTACKER_HZ, 8000, 8000);
-        let mut rr = vec![0x80, 201, 0, 1];
-        rr.extend_from_slice(&ATTACKER_SSRC.to_be_bytes());
+        let rr = rtcp_rr(ATTACKER_SSRC);
         let mut got = 0;
         let mut buf = [0u8; 2048];
         let mut seq = 0u16;
         while !stop.load(Ordering::Relaxed) {
-            let pkt = packet(&mut tone, seq, ATTACKER_SSRC);
+            let pkt = pcmu_packet(&mut tone, seq, ATTACKER_SSRC);
             seq = seq.wrapping_add(1);
             for port in PORTS.0..=PORTS.1 {
                 let _ = sock.send_to(&pkt, ("127.0.0.1", port));
@@ -233,13 +168,6 @@ From: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>;tag=b1
         ));
         self.pbx.send_to(ok.as_bytes(), self.proxy).unwrap();
     }
-}
-
-/// A minimal RTCP receiver report (RFC 3550 §6.4.2, no report blocks).
-fn rtcp_rr(ssrc: u32) -> Vec<u8> {
-    let mut p = vec![0x80, 201, 0, 1];
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p
 }
 
 /// The proxy's RTCP port beside one of its RTP ports (it rewrites a=rtcp to RTP + 1).

@@ -3,13 +3,12 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use recproxy::codec::Codec;
-use recproxy::demo::ua::{Answer, CallReport, CallSpec, Outcome, Pbx, Phone, UasCallReport};
-use support::{dominance, ms, sha256_hex, write_config, Daemon, Wav};
+use recproxy::demo::ua::{Answer, CallSpec, Outcome, Phone};
+use support::{dominance, ms, setup, sha256_hex, write_config, Daemon, Setup, Wav};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const CALLER_HZ: f64 = 440.0;
@@ -19,54 +18,6 @@ fn spec(codec: Codec, talk: Duration) -> CallSpec {
     CallSpec {
         from_display: Some("Test Caller".into()),
         ..CallSpec::new("0401234567", "0295120000", codec, CALLER_HZ, talk)
-    }
-}
-
-/// A PBX answering every call with `answer`, and a daemon in front of it.
-struct Setup {
-    _root: tempfile::TempDir,
-    daemon: Daemon,
-    pbx: recproxy::demo::ua::PbxHandle,
-    rt: tokio::runtime::Runtime,
-}
-
-fn setup(answer: Answer, ports: (u16, u16), extra_recording: &str) -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let pbx = rt
-        .block_on(Pbx::bind(SocketAddr::new(LOOPBACK, 0)))
-        .unwrap();
-    let config = write_config(root.path(), pbx.local_addr(), ports, extra_recording);
-    let daemon = Daemon::start(&config);
-    let handle = {
-        let _guard = rt.enter();
-        pbx.spawn(Arc::new(move |_called: &str| answer.clone()))
-    };
-    Setup {
-        _root: root,
-        daemon,
-        pbx: handle,
-        rt,
-    }
-}
-
-impl Setup {
-    fn call(&self, spec: &CallSpec) -> CallReport {
-        let proxy = self.daemon.sip;
-        self.rt.block_on(async {
-            let phone = Phone::bind(LOOPBACK).await.unwrap();
-            phone.call(proxy, spec).await.unwrap()
-        })
-    }
-
-    fn pbx_report(&mut self) -> UasCallReport {
-        self.rt
-            .block_on(self.pbx.next_report(Duration::from_secs(10)))
-            .expect("PBX saw the call end")
     }
 }
 

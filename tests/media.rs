@@ -6,26 +6,11 @@
 
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use recproxy::codec::Codec;
-use recproxy::demo::tone::Tone;
-use recproxy::media::rtp::{write_header, RtpHeader};
-use recproxy::sdp::Sdp;
-use recproxy::sip::msg::Message;
+use support::raw::{media_addr, play, recv_sip, rtcp_addr, rtcp_rr, sdp};
 use support::{dominance, write_config, Daemon, Wav};
-
-fn sdp(port: u16, rtcp: u16) -> String {
-    format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp:{rtcp}\r\na=sendrecv\r\n")
-}
-
-/// The proxy's RTCP address for us, from an SDP body it rewrote.
-fn rtcp_addr(body: &[u8]) -> SocketAddr {
-    let view = &Sdp::parse(body).unwrap().media()[0];
-    let (port, ip) = view.rtcp.expect("a=rtcp kept");
-    SocketAddr::new(ip.or(view.connection).unwrap(), port)
-}
 
 /// Counts RTP packets arriving on a clone of `sock` until `until`.
 fn count_arrivals(sock: &UdpSocket, until: Instant) -> std::thread::JoinHandle<usize> {
@@ -42,65 +27,6 @@ fn count_arrivals(sock: &UdpSocket, until: Instant) -> std::thread::JoinHandle<u
         }
         n
     })
-}
-
-/// A minimal RTCP receiver report (RFC 3550 §6.4.2, no report blocks).
-fn rtcp_rr(ssrc: u32) -> Vec<u8> {
-    let mut p = vec![0x80, 201, 0, 1];
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p
-}
-
-/// Waits for a SIP message matching `pred` on `sock`.
-fn recv_sip(sock: &UdpSocket, pred: impl Fn(&Message) -> bool) -> Message {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut buf = vec![0u8; 65536];
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    while Instant::now() < deadline {
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if let Ok((m, _)) = Message::parse(&buf[..n]) {
-                if pred(&m) {
-                    return m;
-                }
-            }
-        }
-    }
-    panic!("expected SIP message did not arrive");
-}
-
-/// The proxy's media address for us, from an SDP body it rewrote.
-fn media_addr(body: &[u8]) -> SocketAddr {
-    let view = &Sdp::parse(body).unwrap().media()[0];
-    SocketAddr::new(view.connection.unwrap(), view.port)
-}
-
-/// Sends `n` 20 ms PCMU packets of `hz` from `sock` to `to`, paced in real time.
-fn play(sock: &UdpSocket, to: SocketAddr, hz: f64, n: u16, ssrc: u32) {
-    let mut tone = Tone::new(hz, 8000, 8000);
-    let mut pcm = [0i16; 160];
-    let start = Instant::now();
-    for i in 0..n {
-        tone.fill(&mut pcm);
-        let mut payload = Vec::with_capacity(160);
-        Codec::Pcmu.encode(&pcm, &mut payload);
-        let mut head = [0u8; 12];
-        write_header(
-            &RtpHeader {
-                marker: i == 0,
-                payload_type: 0,
-                seq: 1000 + i,
-                timestamp: 160 * u32::from(i),
-                ssrc,
-            },
-            &mut head,
-        );
-        let mut pkt = head.to_vec();
-        pkt.extend_from_slice(&payload);
-        sock.send_to(&pkt, to).unwrap();
-        let next = start + Duration::from_millis(20 * (u64::from(i) + 1));
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
 }
 
 #[test]
@@ -173,9 +99,9 @@ From: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>;tag=b1
     let until = Instant::now() + Duration::from_millis(900);
     let phone_got = count_arrivals(&phone_rtp, until);
     let pbx_got = count_arrivals(&pbx_rtp, until);
-    let callee = std::thread::spawn(move || play(&pbx_rtp, to_pbx_media, 1000.0, 25, 2));
+    let callee = std::thread::spawn(move || play(&pbx_rtp, to_pbx_media, 1000.0, 1000, 25, 2));
     std::thread::sleep(Duration::from_millis(100));
-    play(&phone_rtp, to_phone_media, 440.0, 25, 1);
+    play(&phone_rtp, to_phone_media, 440.0, 1000, 25, 1);
     callee.join().unwrap();
     // RTCP both ways, each to the a=rtcp port the proxy advertised.
     phone_rtcp.send_to(&rtcp_rr(1), to_phone_rtcp).unwrap();

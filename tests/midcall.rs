@@ -4,16 +4,13 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use recproxy::codec::Codec;
-use recproxy::demo::ua::{Answer, CallReport, CallSpec, Outcome, Pbx, Phone, UasCallReport};
-use support::{dominance, ms, wavs, write_config, Daemon, Wav};
+use recproxy::demo::ua::{Answer, CallReport, CallSpec, Outcome, UasCallReport};
+use support::{dominance, ms, setup, wavs, Daemon, Setup, Wav};
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const CALLER_HZ: f64 = 440.0;
 const CALLEE_HZ: f64 = 1000.0;
 const EARLY_HZ: f64 = 600.0;
@@ -23,54 +20,13 @@ fn spec(talk: Duration) -> CallSpec {
     CallSpec::new("0401234567", "0295120000", Codec::Pcmu, CALLER_HZ, talk)
 }
 
-/// A daemon in front of a PBX answering every call with `answer`.
-struct Setup {
-    _root: tempfile::TempDir,
-    daemon: Daemon,
-    pbx: recproxy::demo::ua::PbxHandle,
-    rt: tokio::runtime::Runtime,
-}
-
-fn setup(answer: Answer, ports: (u16, u16)) -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let pbx = rt
-        .block_on(Pbx::bind(SocketAddr::new(LOOPBACK, 0)))
-        .unwrap();
-    let config = write_config(root.path(), pbx.local_addr(), ports, "");
-    let daemon = Daemon::start(&config);
-    let handle = {
-        let _guard = rt.enter();
-        pbx.spawn(Arc::new(move |_: &str| answer.clone()))
-    };
-    Setup {
-        _root: root,
-        daemon,
-        pbx: handle,
-        rt,
-    }
-}
-
-impl Setup {
-    /// Places the call and returns both sides' reports.
-    fn call(&mut self, spec: &CallSpec) -> (CallReport, UasCallReport) {
-        let proxy = self.daemon.sip;
-        let report = self.rt.block_on(async {
-            let phone = Phone::bind(LOOPBACK).await.unwrap();
-            phone.call(proxy, spec).await.unwrap()
-        });
-        assert_eq!(report.outcome, Outcome::Answered);
-        let uas = self
-            .rt
-            .block_on(self.pbx.next_report(Duration::from_secs(10)))
-            .expect("PBX saw the call end");
-        assert_eq!(uas.outcome, Outcome::Answered);
-        (report, uas)
-    }
+/// Places an answered call; both sides' reports.
+fn answered(s: &mut Setup, spec: &CallSpec) -> (CallReport, UasCallReport) {
+    let report = s.call(spec);
+    assert_eq!(report.outcome, Outcome::Answered);
+    let uas = s.pbx_report();
+    assert_eq!(uas.outcome, Outcome::Answered);
+    (report, uas)
 }
 
 fn accept() -> Answer {
@@ -140,10 +96,10 @@ fn tones_in(wav: &Wav, spans: &[(f64, f64)], test: &str) {
 
 #[test]
 fn codec_change_pcmu_to_pcma_mid_call_is_one_wav_and_an_event() {
-    let mut s = setup(accept(), (43600, 43649));
+    let mut s = setup(accept(), (43600, 43649), "");
     let mut spec = spec(Duration::from_secs(4));
     spec.switch_codec = Some((Duration::from_secs(2), Codec::Pcma));
-    let (report, uas) = s.call(&spec);
+    let (report, uas) = answered(&mut s, &spec);
     assert_eq!(report.switched_to, Some(Codec::Pcma), "the PBX took PCMA");
     let caller_rtp = report.rtp.clone().unwrap();
     let callee_rtp = uas.rtp.clone().unwrap();
@@ -196,10 +152,10 @@ fn codec_change_pcmu_to_pcma_mid_call_is_one_wav_and_an_event() {
 
 #[test]
 fn port_change_mid_call_re_points_the_relay_without_a_gap() {
-    let mut s = setup(accept(), (43650, 43699));
+    let mut s = setup(accept(), (43650, 43699), "");
     let mut spec = spec(Duration::from_secs(4));
     spec.move_rtp = Some(Duration::from_secs(2));
-    let (report, uas) = s.call(&spec);
+    let (report, uas) = answered(&mut s, &spec);
     let moved_to = report.moved_to.expect("the move was answered");
     let caller_rtp = report.rtp.clone().unwrap();
     let callee_rtp = uas.rtp.clone().unwrap();
@@ -253,8 +209,9 @@ fn early_media_is_relayed_before_the_answer_and_recording_starts_at_answer() {
             tone_hz: CALLEE_HZ,
         },
         (43700, 43749),
+        "",
     );
-    let (report, uas) = s.call(&spec(Duration::from_secs(3)));
+    let (report, uas) = answered(&mut s, &spec(Duration::from_secs(3)));
     let early = uas.early_rtp.clone().expect("early media played");
     assert_eq!(early.sent, 50, "{early:?}");
     assert!(

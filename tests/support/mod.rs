@@ -4,6 +4,8 @@
 //! ones `recproxy demo` uses).
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -273,4 +275,70 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// A daemon on 127.0.0.1 in front of the built-in PBX user agent, which answers every call
+/// with one `Answer`, and the runtime the user agents run on.
+pub struct Setup {
+    _root: tempfile::TempDir,
+    /// The daemon.
+    pub daemon: Daemon,
+    /// The PBX's reports.
+    pub pbx: recproxy::demo::ua::PbxHandle,
+    /// Runtime of the user agents.
+    pub rt: tokio::runtime::Runtime,
+}
+
+/// Starts the PBX and the daemon (media ports `ports`, `extra_recording` appended to the
+/// `[recording]` table).
+pub fn setup(
+    answer: recproxy::demo::ua::Answer,
+    ports: (u16, u16),
+    extra_recording: &str,
+) -> Setup {
+    use std::net::{IpAddr, Ipv4Addr};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let pbx = rt
+        .block_on(recproxy::demo::ua::Pbx::bind(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            0,
+        )))
+        .unwrap();
+    let config = write_config(root.path(), pbx.local_addr(), ports, extra_recording);
+    let daemon = Daemon::start(&config);
+    let handle = {
+        let _guard = rt.enter();
+        pbx.spawn(std::sync::Arc::new(move |_called: &str| answer.clone()))
+    };
+    Setup {
+        _root: root,
+        daemon,
+        pbx: handle,
+        rt,
+    }
+}
+
+impl Setup {
+    /// A phone on 127.0.0.1 places `spec` through the daemon; its report.
+    pub fn call(&self, spec: &recproxy::demo::ua::CallSpec) -> recproxy::demo::ua::CallReport {
+        let proxy = self.daemon.sip;
+        self.rt.block_on(async {
+            let phone = recproxy::demo::ua::Phone::bind("127.0.0.1".parse().unwrap())
+                .await
+                .unwrap();
+            phone.call(proxy, spec).await.unwrap()
+        })
+    }
+
+    /// The PBX's report of the next call that ended (at most 10 s).
+    pub fn pbx_report(&mut self) -> recproxy::demo::ua::UasCallReport {
+        self.rt
+            .block_on(self.pbx.next_report(Duration::from_secs(10)))
+            .expect("PBX saw the call end")
+    }
 }
