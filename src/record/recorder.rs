@@ -185,7 +185,7 @@ struct Worker {
     events: tokio::sync::mpsc::UnboundedSender<RecorderEvent>,
     pcm: Vec<i16>,
     out: Vec<i16>,
-    /// Commands read early while looking for a `Start` (see `pump_starts`), run next in order.
+    /// Commands read early while looking for a `Start` (see `pull_forward_setup`), run next in order.
     deferred: VecDeque<Command>,
 }
 
@@ -313,12 +313,11 @@ impl Worker {
         }
     }
 
-    /// The registry queues a recording's `Start` before it sets the tap, but the two travel on
-    /// different channels: a packet of a new recording can be dequeued before its `Start`.
-    /// Runs every queued `Start` now; other commands keep their order in `deferred`.
-    /// The same holds for a re-negotiation: its `Codecs` can trail the first packets that use the
-    /// new payload types, so those are applied early too.
-    fn pump_starts(&mut self, commands: &Receiver<Command>) {
+    /// The registry queues a recording's `Start` (and a re-negotiation's `Codecs`) before the
+    /// packets that need it, but commands and packets travel on different channels: a packet
+    /// can be dequeued before its setup. Runs every queued `Start` and `Codecs` now; other
+    /// commands keep their order in `deferred`.
+    fn pull_forward_setup(&mut self, commands: &Receiver<Command>) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::Start(start) => self.open(*start),
@@ -334,7 +333,7 @@ impl Worker {
 
     fn packet(&mut self, pkt: &TapPacket, commands: &Receiver<Command>) {
         if !self.active.contains_key(&pkt.slot) && !self.failed.contains_key(&pkt.slot) {
-            self.pump_starts(commands);
+            self.pull_forward_setup(commands);
         }
         let Some(active) = self.active.get_mut(&pkt.slot) else {
             return;
@@ -350,7 +349,7 @@ impl Worker {
         };
         let mut codec = lookup(active);
         if codec.is_none() {
-            self.pump_starts(commands);
+            self.pull_forward_setup(commands);
             codec = self.active.get(&pkt.slot).and_then(lookup);
         }
         let Some(active) = self.active.get_mut(&pkt.slot) else {

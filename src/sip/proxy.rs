@@ -166,6 +166,9 @@ pub enum RouteError {
     /// The scheme is not sip/sips.
     #[error("unsupported URI scheme {0}")]
     Scheme(String),
+    /// No PBX address is configured to send phone-side requests to.
+    #[error("no PBX address configured")]
+    NoPbx,
 }
 
 /// The proxy core. See the module docs.
@@ -405,7 +408,7 @@ impl Proxy {
         }
         let call_id = req.call_id().unwrap_or_default().to_string();
         let initial = req.to_tag().is_none();
-        let party = self.request_party(now, from, &req, &method, initial, &call_id);
+        let party = self.request_party(from, &req, &method, initial, &call_id);
 
         let dest = match self.route(from, &mut req) {
             Ok(dest) => dest,
@@ -491,7 +494,6 @@ impl Proxy {
     /// Which party sent this request; creates the dialog for an initial INVITE.
     fn request_party(
         &mut self,
-        _now: Instant,
         from: SocketAddr,
         req: &Message,
         method: &str,
@@ -589,7 +591,7 @@ impl Proxy {
             digest(&key.branch, self.branch_salt)
         );
         req.push_header_top("Via", &self.via_value(&branch));
-        if let Some(party) = self.request_party(now, from, &req, "ACK", false, &call_id) {
+        if let Some(party) = self.request_party(from, &req, "ACK", false, &call_id) {
             anchor_body(&mut req, &call_id, party, now, media);
         }
         self.out.push_back(Output::Send {
@@ -1139,10 +1141,10 @@ impl Proxy {
             .is_some_and(|u| self.is_local_uri(u) && parse_uri(u).is_ok_and(|p| p.user.is_none()));
         if strict {
             let routes: Vec<String> = req.values("Route").iter().map(|s| s.to_string()).collect();
-            if let Some(last) = routes.last() {
+            if let Some((last, rest)) = routes.split_last() {
                 if let Ok(na) = parse_name_addr(last) {
                     req.set_request_uri(&na.uri);
-                    remove_last_route(req, routes.len());
+                    replace_routes(req, rest);
                 }
             }
         }
@@ -1166,11 +1168,7 @@ impl Proxy {
                 return Ok(dest);
             }
         }
-        self.cfg
-            .pbx
-            .first()
-            .copied()
-            .ok_or_else(|| RouteError::BadUri("no PBX configured".into()))
+        self.cfg.pbx.first().copied().ok_or(RouteError::NoPbx)
     }
 }
 
@@ -1316,11 +1314,10 @@ fn reason_of(resp: &Message) -> String {
     }
 }
 
-fn remove_last_route(req: &mut Message, count: usize) {
-    // Rebuild the Route set without its last element, keeping order.
-    let routes: Vec<String> = req.values("Route").iter().map(|s| s.to_string()).collect();
+/// Replaces the Route set with `routes`, in order.
+fn replace_routes(req: &mut Message, routes: &[String]) {
     req.remove_header("Route");
-    for route in routes.iter().take(count.saturating_sub(1)).rev() {
+    for route in routes.iter().rev() {
         req.push_header_top("Route", route);
     }
 }
