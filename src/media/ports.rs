@@ -46,8 +46,9 @@ pub struct PortPair {
     lease: Lease,
 }
 
+/// The claim on a port pair: the ports go back to the pool when it is dropped.
 #[derive(Debug)]
-struct Lease {
+pub struct Lease {
     port: u16,
     state: Arc<Mutex<PoolState>>,
 }
@@ -64,6 +65,12 @@ impl PortPair {
     /// The RTP port.
     pub fn port(&self) -> u16 {
         self.lease.port
+    }
+
+    /// The two sockets and the lease, for a user that takes the sockets over (one descriptor
+    /// each: no clones); keep the lease as long as the sockets.
+    pub fn into_parts(self) -> (UdpSocket, UdpSocket, Lease) {
+        (self.rtp, self.rtcp, self.lease)
     }
 }
 

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::media::ports::PortPair;
+use crate::media::ports::{Lease, PortPair};
 use crate::media::rtp;
 use crate::media::tap::Tap;
 use crate::sip::proxy::Party;
@@ -201,9 +201,11 @@ pub fn spawn(
     let callee_addr = callee_facing.rtp.local_addr()?;
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let counters = Arc::new(RelayCounters::default());
+    let (caller_side, caller_lease) = Side::new(caller_facing)?;
+    let (callee_side, callee_lease) = Side::new(callee_facing)?;
     let relay = Relay {
-        sides: [Side::new(&caller_facing)?, Side::new(&callee_facing)?],
-        _leases: [caller_facing, callee_facing],
+        sides: [caller_side, callee_side],
+        _leases: [caller_lease, callee_lease],
         counters: Arc::clone(&counters),
         tap: None,
         timeout,
@@ -604,13 +606,16 @@ struct Side {
 }
 
 impl Side {
-    fn new(pair: &PortPair) -> std::io::Result<Side> {
-        Ok(Side {
-            rtp: UdpSocket::from_std(pair.rtp.try_clone()?)?,
-            rtcp: UdpSocket::from_std(pair.rtcp.try_clone()?)?,
+    /// Takes the pair's sockets over (registered with tokio) and hands back its lease.
+    fn new(pair: PortPair) -> std::io::Result<(Side, Lease)> {
+        let (rtp, rtcp, lease) = pair.into_parts();
+        let side = Side {
+            rtp: UdpSocket::from_std(rtp)?,
+            rtcp: UdpSocket::from_std(rtcp)?,
             rtp_latch: Latch::new(RTP_RULES),
             rtcp_latch: Latch::new(RTCP_RULES),
-        })
+        };
+        Ok((side, lease))
     }
 
     fn socket(&self, kind: Kind) -> &UdpSocket {
@@ -644,8 +649,9 @@ enum Kind {
 struct Relay {
     /// [facing caller, facing callee].
     sides: [Side; 2],
-    /// The pool leases; dropped with the relay, which frees the ports.
-    _leases: [PortPair; 2],
+    /// The pool leases; dropped with the relay, which frees the ports. Declared after `sides`
+    /// so the sockets are closed before their ports can be handed out again.
+    _leases: [Lease; 2],
     counters: Arc<RelayCounters>,
     tap: Option<Tap>,
     timeout: Duration,
