@@ -121,9 +121,9 @@ fn run_daemon(cfg: config::Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let daemon = ops::Daemon::start(&cfg).await.context("start-up failed")?;
         let sip = daemon
-            .sip_addrs()
+            .listening()
             .iter()
-            .map(|a| format!("udp:{a}"))
+            .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(",");
         tracing::info!(%sip, recovered = daemon.recovery().recovered.len(), "listening");

@@ -33,7 +33,7 @@ pub struct Config {
 /// `[sip]`: signalling addresses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SipConfig {
-    /// Addresses phones and trunks send to (non-empty, UDP only in this version).
+    /// Addresses phones and trunks send to (non-empty; UDP and TCP).
     pub listen: Vec<SipAddr>,
     /// The PBX: requests from anyone else are sent here.
     pub pbx: SipAddr,
@@ -43,6 +43,10 @@ pub struct SipConfig {
     pub max_message_size: usize,
     /// SIP messages per second accepted from one source address (the PBX is exempt).
     pub max_rate: u32,
+    /// A TCP connection without traffic for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Requests over 1300 bytes bound for a UDP next hop go over TCP (RFC 3261 §18.1.1).
+    pub large_over_tcp: bool,
 }
 
 /// `[media]`: RTP anchoring.
@@ -110,6 +114,17 @@ fn default_max_message_size() -> usize {
     65535
 }
 
+/// Shortest `sip.tcp_idle_timeout`: a phone's keep-alive interval is longer than this.
+pub const TCP_IDLE_MIN: Duration = Duration::from_secs(10);
+/// Longest `sip.tcp_idle_timeout`.
+pub const TCP_IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// An hour: longer than phones' re-registration and keep-alive intervals, so a connection a
+/// phone relies on for incoming calls stays, while abandoned ones do not pile up.
+fn default_tcp_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
 /// Accepted `sip.max_rate` (messages per second per source).
 pub const MAX_RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
 
@@ -165,6 +180,10 @@ struct RawSip {
     max_message_size: Option<Spanned<i64>>,
     /// Optional messages per second per source, default [`default_max_rate`].
     max_rate: Option<Spanned<i64>>,
+    /// Optional duration, default [`default_tcp_idle_timeout`].
+    tcp_idle_timeout: Option<Spanned<String>>,
+    /// Optional, default true.
+    large_over_tcp: Option<bool>,
 }
 
 /// `[media]` as written.
@@ -234,7 +253,22 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
         "\"udp:10.0.0.5:5060\"",
     )?;
     let pbx = value(doc, &pbx_raw, "sip.pbx", str::parse::<SipAddr>)?;
-    served_transport(doc, &pbx_raw, "sip.pbx", pbx)?;
+    if !listen.iter().any(|l| l.transport == pbx.transport) {
+        return Err(doc.invalid(
+            Some(pbx_raw.span()),
+            "sip.pbx",
+            format!(
+                "the PBX is reached over {t} but sip.listen has no {t} address: the PBX's \
+                 responses and requests come back to us over {t}; add \"{t}:IP:PORT\" to \
+                 sip.listen",
+                t = pbx.transport
+            ),
+        ));
+    }
+    let tcp_idle_timeout = match &sip.tcp_idle_timeout {
+        None => default_tcp_idle_timeout(),
+        Some(s) => duration_in(doc, s, "sip.tcp_idle_timeout", TCP_IDLE_MIN..=TCP_IDLE_MAX)?,
+    };
     let sip_advertise = sip
         .advertise
         .map(|s| specified_ip(doc, &s, "sip.advertise", "Via and Record-Route"))
@@ -355,6 +389,8 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             advertise,
             max_message_size,
             max_rate,
+            tcp_idle_timeout,
+            large_over_tcp: sip.large_over_tcp.unwrap_or(true),
         },
         media: MediaConfig {
             bind,
@@ -426,7 +462,6 @@ fn listen_addresses(
     let mut listen: Vec<SipAddr> = Vec::with_capacity(entries.len());
     for entry in &entries {
         let addr = value(doc, entry, "sip.listen", str::parse::<SipAddr>)?;
-        served_transport(doc, entry, "sip.listen", addr)?;
         // Port 0 asks for an ephemeral port each time, so it may repeat.
         if addr.addr.port() != 0 && listen.contains(&addr) {
             return Err(doc.invalid(
@@ -438,23 +473,6 @@ fn listen_addresses(
         listen.push(addr);
     }
     Ok(listen)
-}
-
-/// This version serves SIP over UDP only; TCP is accepted by the syntax so the key stays stable.
-fn served_transport(
-    doc: &Document<'_>,
-    raw: &Spanned<String>,
-    key: &str,
-    addr: SipAddr,
-) -> Result<(), ConfigError> {
-    match addr.transport {
-        Transport::Udp => Ok(()),
-        Transport::Tcp => Err(doc.invalid(
-            Some(raw.span()),
-            key,
-            "tcp transport is not supported by this version",
-        )),
-    }
 }
 
 /// An IP that others send to: 0.0.0.0 and :: only mean "any local address" when binding, and

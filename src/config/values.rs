@@ -27,7 +27,7 @@ const NO_HOSTNAMES: &str = "hostnames are not accepted (recproxy resolves no nam
 pub enum Transport {
     /// SIP over UDP (RFC 3261 §18).
     Udp,
-    /// SIP over TCP (RFC 3261 §18); accepted by the syntax, not yet served.
+    /// SIP over TCP (RFC 3261 §18), framed by Content-Length.
     Tcp,
 }
 

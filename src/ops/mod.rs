@@ -15,7 +15,7 @@ use crate::media::tap::DEFAULT_TAP_QUEUE;
 use crate::record::recorder::{Recorder, RecorderConfig};
 use crate::record::timeline::TimelineConfig;
 use crate::record::wav::{repair, sha256_file};
-use crate::sip::proxy::{Proxy, ProxyConfig};
+use crate::sip::proxy::{Peer, Proxy, ProxyConfig};
 use crate::sip::transport::{Driver, SipSockets, TransportError};
 
 /// Sample rate of the recordings (G.711 is 8 kHz).
@@ -52,7 +52,7 @@ pub struct RecoveryReport {
 /// A started daemon, ready to run.
 pub struct Daemon {
     driver: Driver,
-    sip_addrs: Vec<SocketAddr>,
+    listening: Vec<Peer>,
     recovery: RecoveryReport,
 }
 
@@ -66,22 +66,27 @@ impl Daemon {
             source,
         })?;
         let recovery = recover(dir);
-        let listen: Vec<SocketAddr> = cfg
-            .sip
-            .listen
+        let sockets = SipSockets::bind(&cfg.sip.listen).await?;
+        let listening = sockets.local_addrs();
+        // Via, Record-Route and Path carry the advertised IP with the port bound for each
+        // transport.
+        let advertise = listening
             .iter()
-            .filter(|l| l.transport == Transport::Udp)
-            .map(|l| l.addr)
+            .map(|l| Peer {
+                transport: l.transport,
+                addr: SocketAddr::new(cfg.sip.advertise, l.addr.port()),
+            })
             .collect();
-        let sockets = SipSockets::bind(&listen).await?;
-        let sip_addrs = sockets.local_addrs();
-        let advertise_port = sip_addrs.first().map(|a| a.port()).unwrap_or(5060);
         let proxy = Proxy::new(
             ProxyConfig {
-                advertise: SocketAddr::new(cfg.sip.advertise, advertise_port),
-                local: sip_addrs.clone(),
-                pbx: vec![cfg.sip.pbx.addr],
+                advertise,
+                local: listening.iter().map(|l| l.addr).collect(),
+                pbx: vec![Peer {
+                    transport: cfg.sip.pbx.transport,
+                    addr: cfg.sip.pbx.addr,
+                }],
                 max_rate: cfg.sip.max_rate,
+                large_over_tcp: cfg.sip.large_over_tcp,
             },
             ulid::Ulid::new().random() as u64,
         );
@@ -118,17 +123,27 @@ impl Daemon {
             relay_rx,
             recorder_rx,
             cfg.sip.max_message_size,
+            cfg.sip.tcp_idle_timeout,
         );
         Ok(Daemon {
             driver,
-            sip_addrs,
+            listening,
             recovery,
         })
     }
 
-    /// The SIP addresses bound (ephemeral ports resolved).
-    pub fn sip_addrs(&self) -> &[SocketAddr] {
-        &self.sip_addrs
+    /// The UDP SIP addresses bound (ephemeral ports resolved).
+    pub fn sip_addrs(&self) -> Vec<SocketAddr> {
+        self.listening
+            .iter()
+            .filter(|l| l.transport == Transport::Udp)
+            .map(|l| l.addr)
+            .collect()
+    }
+
+    /// Every SIP address bound, UDP first, then TCP.
+    pub fn listening(&self) -> &[Peer] {
+        &self.listening
     }
 
     /// What start-up recovery did.

@@ -1,10 +1,14 @@
 //! The sans-IO proxy core: a record-routing, transaction-stateful SIP proxy (RFC 3261 §16).
-//! Datagrams and time go in (`handle_datagram`, `handle_timeout`), datagrams to send and call
-//! events come out (`poll_output`). SDP bodies are handed to a `MediaAnchor` that may rewrite
-//! them. No sockets, no clock, no files: the transport driver does all of that.
+//! Messages and time go in (`handle_message`, `handle_timeout`, `handle_transport_error`),
+//! messages to send and call events come out (`poll_output`). Every message is tagged with its
+//! [`Peer`]: the transport (UDP or TCP) and the remote address; the core picks the transport of
+//! each next hop (URI `transport` parameter, the PBX's configured transport, RFC 3261 §18.1.1 for
+//! large requests) and the driver owns connections. SDP bodies are handed to a `MediaAnchor`
+//! that may rewrite them. No sockets, no clock, no files: the transport driver does all of that.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -21,6 +25,50 @@ use crate::sip::txn::{
 const BRANCH_PREFIX: &str = "z9hG4bK-rp";
 /// Max-Forwards put on requests that arrive without one (RFC 3261 §16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u32 = 70;
+/// RFC 3261 §18.1.1: a request larger than this, bound for a UDP next hop whose path MTU is
+/// unknown, goes over a congestion-controlled transport (TCP).
+pub const UDP_REQUEST_LIMIT: usize = 1300;
+
+pub use crate::config::Transport;
+
+/// A SIP peer as the transport sees it: the transport and the remote address. Over TCP the
+/// address is the remote end of a connection, or the address to connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// Remote address.
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// A peer over UDP.
+    pub fn udp(addr: SocketAddr) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr,
+        }
+    }
+
+    /// A peer over TCP.
+    pub fn tcp(addr: SocketAddr) -> Peer {
+        Peer {
+            transport: Transport::Tcp,
+            addr,
+        }
+    }
+
+    /// Whether the transport delivers reliably (no retransmissions, RFC 3261 §17).
+    pub fn reliable(self) -> bool {
+        self.transport == Transport::Tcp
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
 
 /// The two parties of a call: the caller sent the initial INVITE, the callee answered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,14 +92,20 @@ impl Party {
 /// What the core needs to know about its own place in the network.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Address written into our Via and Record-Route.
-    pub advertise: SocketAddr,
+    /// Addresses written into our Via, Record-Route and Path, one per transport we listen on
+    /// (the first of each transport counts).
+    pub advertise: Vec<Peer>,
     /// Every address we listen on; a Route or Request-URI naming one of them means us.
     pub local: Vec<SocketAddr>,
     /// The PBX: requests from other sources go there; its own requests go by Route/Request-URI.
-    pub pbx: Vec<SocketAddr>,
+    /// Over UDP it is recognised by address and port; over TCP (where its connections come from
+    /// ephemeral ports) by address.
+    pub pbx: Vec<Peer>,
     /// Messages per second accepted from one source address other than the PBX.
     pub max_rate: u32,
+    /// RFC 3261 §18.1.1: requests over [`UDP_REQUEST_LIMIT`] bytes bound for a UDP next hop go
+    /// over TCP (back to UDP if the connection fails).
+    pub large_over_tcp: bool,
 }
 
 /// Receives every SDP body the proxy forwards, so media can be anchored.
@@ -126,15 +180,24 @@ pub struct CallEvent {
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send these bytes to this address.
+    /// Send these bytes to this peer (over TCP: on its connection, opened if there is none).
     Send {
         /// Destination.
-        to: SocketAddr,
+        to: Peer,
         /// A whole SIP message.
         data: Vec<u8>,
     },
     /// Tell the call registry.
     Event(CallEvent),
+    /// A peer on TCP said (in its Via sent-by) that it is reached at `alias`, from the same IP
+    /// as its connection `conn`: requests for `alias` may use that connection rather than open
+    /// a new one, as a phone behind NAT needs (RFC 3261 §18.2.2's reuse, applied to requests).
+    Alias {
+        /// Address the peer names itself by (TCP).
+        alias: SocketAddr,
+        /// Remote address of its connection.
+        conn: SocketAddr,
+    },
 }
 
 /// Counters of what the core dropped or refused, for logs and metrics.
@@ -166,6 +229,9 @@ pub enum RouteError {
     /// The scheme is not sip/sips.
     #[error("unsupported URI scheme {0}")]
     Scheme(String),
+    /// The next hop asks for a transport this proxy does not speak (TLS, SCTP, WebSocket).
+    #[error("unsupported transport {0} (UDP and TCP are served)")]
+    Transport(String),
     /// No PBX address is configured to send phone-side requests to.
     #[error("no PBX address configured")]
     NoPbx,
@@ -231,11 +297,23 @@ impl Proxy {
         self.dialogs.remove(call_id);
     }
 
-    /// One datagram received from `from`.
+    /// One datagram received over UDP from `from`.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         from: SocketAddr,
+        data: &[u8],
+        media: &mut dyn MediaAnchor,
+    ) {
+        self.handle_message(now, Peer::udp(from), data, media);
+    }
+
+    /// One message received from `from`: a whole datagram, or one message framed out of a TCP
+    /// stream by its Content-Length.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        from: Peer,
         data: &[u8],
         media: &mut dyn MediaAnchor,
     ) {
@@ -268,9 +346,9 @@ impl Proxy {
         }
     }
 
-    /// A datagram over the size limit (`data` holds its start): a request whose head is readable
+    /// A message over the size limit (`data` holds its start): a request whose head is readable
     /// is answered 513 (RFC 3261 §18.1.1 / §21.5.14), anything else is dropped.
-    pub fn handle_oversized(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    pub fn handle_oversized(&mut self, now: Instant, from: Peer, data: &[u8]) {
         if !self.admit(now, from) {
             return;
         }
@@ -289,12 +367,48 @@ impl Proxy {
         }
     }
 
+    /// A TCP stream that cannot be framed (no or invalid Content-Length, RFC 3261 §18.3): a
+    /// request whose head is readable is answered 400 before the driver closes the connection.
+    pub fn handle_framing_error(
+        &mut self,
+        now: Instant,
+        from: Peer,
+        data: &[u8],
+        why: &dyn std::fmt::Display,
+    ) {
+        if !self.admit(now, from) {
+            return;
+        }
+        self.stats.unparsable += 1;
+        match head_for_reply(data) {
+            Some(head) => self.reject(from, &head, 400, "Bad Request", why),
+            None => tracing::warn!(%from, reason = %why, "dropping unframable SIP stream"),
+        }
+    }
+
+    /// A request over TCP whose Via sent-by names the connection's IP with another port (the
+    /// port the peer listens on, also in its Contact): that address is an alias of the
+    /// connection. Only the same IP counts, so nobody can claim another host's address.
+    fn note_alias(&mut self, from: Peer, req: &Message) {
+        let Some(via) = req.top_via() else { return };
+        let Ok(ip) = via.host.parse::<IpAddr>() else {
+            return;
+        };
+        let alias = SocketAddr::new(ip, via.port.unwrap_or(5060));
+        if ip == from.addr.ip() && alias != from.addr {
+            self.out.push_back(Output::Alias {
+                alias,
+                conn: from.addr,
+            });
+        }
+    }
+
     /// Flood protection: every source but the PBX is held to `max_rate` messages per second.
-    fn admit(&mut self, now: Instant, from: SocketAddr) -> bool {
-        if self.cfg.pbx.iter().any(|p| p.ip() == from.ip()) {
+    fn admit(&mut self, now: Instant, from: Peer) -> bool {
+        if self.cfg.pbx.iter().any(|p| p.addr.ip() == from.addr.ip()) {
             return true;
         }
-        match self.limiter.check(from.ip(), now) {
+        match self.limiter.check(from.addr.ip(), now) {
             Verdict::Allow => true,
             Verdict::Drop { first } => {
                 self.stats.rate_limited += 1;
@@ -317,12 +431,46 @@ impl Proxy {
         }
     }
 
+    /// The driver could not deliver to `to` (over TCP: the connection could not be opened or
+    /// broke). A request that went over TCP only because of its size is sent again over UDP
+    /// (RFC 3261 §18.1.1); any other pending request to that peer is treated as answered 503
+    /// (§8.1.3.1, §16.9), so the caller learns at once instead of after Timer B.
+    pub fn handle_transport_error(&mut self, now: Instant, to: Peer, media: &mut dyn MediaAnchor) {
+        let pending: Vec<ClientKey> = self
+            .client
+            .iter()
+            .filter(|(_, t)| t.dest == to && t.final_status.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in pending {
+            let Some(txn) = self.client.get_mut(&key) else {
+                continue;
+            };
+            if let Some(request) = txn.udp_fallback.take() {
+                tracing::info!(%to, call_id = %txn.call_id, "large request falls back to UDP");
+                txn.dest.transport = Transport::Udp;
+                txn.bytes = request.to_bytes();
+                txn.request = request;
+                txn.retransmit_interval = T1;
+                self.out.push_back(Output::Send {
+                    to: txn.dest,
+                    data: txn.bytes.clone(),
+                });
+                self.schedule(now + T1, Timer::ClientRetransmit(key));
+                continue;
+            }
+            tracing::warn!(%to, call_id = %txn.call_id, method = %key.method, "cannot reach next hop: answering 503");
+            let resp = make_response(&txn.request, 503, "Service Unavailable", None);
+            self.handle_response(now, to, resp, media);
+        }
+    }
+
     // ----- requests -------------------------------------------------------------------------
 
     fn handle_request(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Peer,
         mut req: Message,
         media: &mut dyn MediaAnchor,
     ) {
@@ -332,6 +480,9 @@ impl Proxy {
             return;
         }
         let method = req.method().unwrap_or_default().to_string();
+        if from.reliable() {
+            self.note_alias(from, &req);
+        }
         // RFC 3261 §16.3 step 1: a Request-URI scheme we cannot route is refused.
         let scheme_ok = req
             .request_uri()
@@ -419,24 +570,28 @@ impl Proxy {
             }
         };
         // Record-Route on dialog-creating requests (RFC 3261 §16.6 step 4) so in-dialog
-        // requests come back through us and media stays anchored.
+        // requests come back through us and media stays anchored. When the two sides use
+        // different transports, one entry for each side (RFC 5658 §4): the one facing the
+        // sender below, the one facing the next hop on top.
         if initial && creates_dialog(&method) {
-            let rr = format!("<sip:{};lr>", host_port(self.cfg.advertise));
-            req.push_header_top("Record-Route", &rr);
+            if from.transport != dest.transport {
+                req.push_header_top("Record-Route", &self.own_uri(from.transport));
+            }
+            req.push_header_top("Record-Route", &self.own_uri(dest.transport));
         }
         // RFC 3327: a phone registering through us, whose UA supports Path, gets our Path entry
         // so that the PBX's requests to it (and so its calls) come back through the proxy. A
         // registrar may refuse Path for a UA that did not say `Supported: path` (§5.3), so it is
         // added only then.
-        if method == "REGISTER" && !self.cfg.pbx.contains(&from) && supports(&req, "path") {
-            let path = format!("<sip:{};lr>", host_port(self.cfg.advertise));
-            req.push_header_top("Path", &path);
+        if method == "REGISTER" && !self.is_pbx(from) && supports(&req, "path") {
+            req.push_header_top("Path", &self.own_uri(dest.transport));
         }
         let branch = self.new_branch();
-        req.push_header_top("Via", &self.via_value(&branch));
+        req.push_header_top("Via", &self.via_value(&branch, dest.transport));
         if let Some(party) = party {
             anchor_body(&mut req, &call_id, party, now, media);
         }
+        let (dest, udp_fallback) = self.size_switch(dest, &mut req, &branch);
 
         let ckey = ClientKey {
             branch,
@@ -477,24 +632,46 @@ impl Proxy {
         txn.server = Some(key);
         txn.party = party;
         txn.initial_invite = invite && initial;
+        txn.udp_fallback = udp_fallback;
         self.start_client(now, ckey, txn);
     }
 
-    /// Sends a client transaction's request and arms its retransmission and timeout timers.
+    /// RFC 3261 §18.1.1: a request over [`UDP_REQUEST_LIMIT`] bytes bound for a UDP next hop
+    /// goes over TCP instead, with the transport in our Via changed to match. Returns the hop
+    /// to send to and, when switched, the request as it would have gone over UDP (sent if the
+    /// connection fails).
+    fn size_switch(&self, dest: Peer, req: &mut Message, branch: &str) -> (Peer, Option<Message>) {
+        if !self.cfg.large_over_tcp
+            || dest.transport != Transport::Udp
+            || req.to_bytes().len() <= UDP_REQUEST_LIMIT
+        {
+            return (dest, None);
+        }
+        let over_udp = req.clone();
+        req.remove_first_value("Via");
+        req.push_header_top("Via", &self.via_value(branch, Transport::Tcp));
+        (Peer::tcp(dest.addr), Some(over_udp))
+    }
+
+    /// Sends a client transaction's request and arms its retransmission (unreliable transports
+    /// only, §17.1.1.2 / §17.1.2.2) and timeout timers.
     fn start_client(&mut self, now: Instant, key: ClientKey, txn: ClientTxn) {
         self.out.push_back(Output::Send {
             to: txn.dest,
             data: txn.bytes.clone(),
         });
+        let reliable = txn.dest.reliable();
         self.client.insert(key.clone(), txn);
-        self.schedule(now + T1, Timer::ClientRetransmit(key.clone()));
+        if !reliable {
+            self.schedule(now + T1, Timer::ClientRetransmit(key.clone()));
+        }
         self.schedule(now + TIMEOUT, Timer::ClientTimeout(key));
     }
 
     /// Which party sent this request; creates the dialog for an initial INVITE.
     fn request_party(
         &mut self,
-        from: SocketAddr,
+        from: Peer,
         req: &Message,
         method: &str,
         initial: bool,
@@ -513,7 +690,7 @@ impl Proxy {
                         call_id.to_string(),
                         Dialog {
                             caller_tag: from_tag,
-                            caller_source: from,
+                            caller_source: from.addr,
                             state: DialogState::Proceeding,
                             challenge: None,
                             callee_tag: None,
@@ -537,7 +714,7 @@ impl Proxy {
         })
     }
 
-    fn emit_invite(&mut self, now: Instant, from: SocketAddr, req: &Message, call_id: &str) {
+    fn emit_invite(&mut self, now: Instant, from: Peer, req: &Message, call_id: &str) {
         let user_of = |uri: &str| parse_uri(uri).ok().and_then(|u| u.user);
         let header_user = |name: &str| {
             req.values(name)
@@ -546,8 +723,8 @@ impl Proxy {
                 .and_then(|na| user_of(&na.uri))
         };
         let info = InviteInfo {
-            from_pbx: self.cfg.pbx.contains(&from),
-            source: from,
+            from_pbx: self.is_pbx(from),
+            source: from.addr,
             request_uri_user: req.request_uri().and_then(user_of),
             to_user: header_user("To"),
             from_user: header_user("From"),
@@ -561,7 +738,7 @@ impl Proxy {
     fn handle_ack(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Peer,
         key: ServerKey,
         mut req: Message,
         media: &mut dyn MediaAnchor,
@@ -590,7 +767,7 @@ impl Proxy {
             "{BRANCH_PREFIX}a{:016x}",
             digest(&key.branch, self.branch_salt)
         );
-        req.push_header_top("Via", &self.via_value(&branch));
+        req.push_header_top("Via", &self.via_value(&branch, dest.transport));
         if let Some(party) = self.request_party(from, &req, "ACK", false, &call_id) {
             anchor_body(&mut req, &call_id, party, now, media);
         }
@@ -601,7 +778,7 @@ impl Proxy {
     }
 
     /// CANCEL is hop by hop (RFC 3261 §16.10): answer it, then cancel our own pending branch.
-    fn handle_cancel(&mut self, now: Instant, from: SocketAddr, key: ServerKey, req: &Message) {
+    fn handle_cancel(&mut self, now: Instant, from: Peer, key: ServerKey, req: &Message) {
         let invite_key = ServerKey {
             method: "INVITE".into(),
             ..key
@@ -670,7 +847,7 @@ impl Proxy {
     fn handle_response(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Peer,
         mut resp: Message,
         media: &mut dyn MediaAnchor,
     ) {
@@ -810,7 +987,8 @@ impl Proxy {
         });
         if status >= 200 && stxn.final_status.is_none() {
             stxn.final_status = Some(status);
-            if stxn.invite && status >= 300 {
+            // Timer G only over unreliable transports (RFC 3261 §17.2.1).
+            if stxn.invite && status >= 300 && !stxn.source.reliable() {
                 stxn.retransmit_interval = T1;
                 self.schedule(now + T1, Timer::ServerRetransmit(skey.clone()));
             }
@@ -883,11 +1061,11 @@ impl Proxy {
         );
     }
 
-    fn forward_stateless(&mut self, from: SocketAddr, resp: Message) {
+    fn forward_stateless(&mut self, from: Peer, resp: Message) {
         let dest = resp
             .top_via()
             .and_then(|v| via_destination(&v))
-            .filter(|d| !self.is_local(*d));
+            .filter(|d| !self.is_local(d.addr));
         match dest {
             Some(to) => self.out.push_back(Output::Send {
                 to,
@@ -1077,7 +1255,7 @@ impl Proxy {
     /// Answers a request the proxy refuses, logging it once with its source and why.
     fn reject(
         &mut self,
-        from: SocketAddr,
+        from: Peer,
         req: &Message,
         code: u16,
         reason: &str,
@@ -1088,7 +1266,7 @@ impl Proxy {
         self.reply(from, req, code, reason);
     }
 
-    fn reply(&mut self, to: SocketAddr, req: &Message, code: u16, reason: &str) {
+    fn reply(&mut self, to: Peer, req: &Message, code: u16, reason: &str) {
         if req.method() == Some("ACK") {
             return;
         }
@@ -1115,24 +1293,55 @@ impl Proxy {
         )
     }
 
-    fn via_value(&self, branch: &str) -> String {
+    fn via_value(&self, branch: &str, transport: Transport) -> String {
         format!(
-            "SIP/2.0/UDP {};branch={branch}",
-            host_port(self.cfg.advertise)
+            "SIP/2.0/{} {};branch={branch}",
+            transport.as_str().to_ascii_uppercase(),
+            host_port(self.advertised(transport))
         )
     }
 
+    /// Our address on `transport` (the first advertised one of it, else the first of any).
+    fn advertised(&self, transport: Transport) -> SocketAddr {
+        self.cfg
+            .advertise
+            .iter()
+            .find(|p| p.transport == transport)
+            .or(self.cfg.advertise.first())
+            .map(|p| p.addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
+    }
+
+    /// Our URI for Record-Route and Path on the side that uses `transport` (UDP is the default
+    /// and is not written, so a UDP-only setup looks exactly as before TCP existed).
+    fn own_uri(&self, transport: Transport) -> String {
+        let host = host_port(self.advertised(transport));
+        match transport {
+            Transport::Udp => format!("<sip:{host};lr>"),
+            Transport::Tcp => format!("<sip:{host};transport=tcp;lr>"),
+        }
+    }
+
+    /// Whether a message comes from the PBX: over UDP by address and port; over TCP by address
+    /// (its connections come from ephemeral ports).
+    fn is_pbx(&self, from: Peer) -> bool {
+        self.cfg.pbx.iter().any(|p| match from.transport {
+            Transport::Udp => p.addr == from.addr,
+            Transport::Tcp => p.addr.ip() == from.addr.ip(),
+        })
+    }
+
     fn is_local(&self, addr: SocketAddr) -> bool {
-        addr == self.cfg.advertise || self.cfg.local.contains(&addr)
+        self.cfg.advertise.iter().any(|p| p.addr == addr) || self.cfg.local.contains(&addr)
     }
 
     fn is_local_uri(&self, uri: &str) -> bool {
-        uri_destination(uri).is_ok_and(|d| self.is_local(d))
+        uri_destination(uri).is_ok_and(|d| self.is_local(d.addr))
     }
 
     /// Decides the next hop (RFC 3261 §16.4-§16.6): strips our own Route entry, follows the
     /// next Route (loose routing), else the Request-URI for the PBX's own requests, else the PBX.
-    fn route(&self, from: SocketAddr, req: &mut Message) -> Result<SocketAddr, RouteError> {
+    fn route(&self, from: Peer, req: &mut Message) -> Result<Peer, RouteError> {
         // A strict-routing previous hop put our Record-Route into the Request-URI (§16.4).
         // Only a URI we could have put into Record-Route counts: ours, with no user part (a
         // phone whose domain is the proxy dials sip:number@proxy, which is a target).
@@ -1161,10 +1370,10 @@ impl Proxy {
         }
         // Everything from the phone side goes to the PBX (which anchors every dialog); only the
         // PBX's own requests are routed by their Request-URI.
-        if self.cfg.pbx.contains(&from) {
+        if self.is_pbx(from) {
             let uri = req.request_uri().unwrap_or_default().to_string();
             let dest = uri_destination(&uri)?;
-            if !self.is_local(dest) {
+            if !self.is_local(dest.addr) {
                 return Ok(dest);
             }
         }
@@ -1330,13 +1539,21 @@ pub fn host_port(addr: SocketAddr) -> String {
     }
 }
 
-/// Where a SIP URI points (IP literals only; default port 5060, 5061 for sips).
-pub fn uri_destination(uri: &str) -> Result<SocketAddr, RouteError> {
+/// Where a SIP URI points (IP literals only; default port 5060) and over which transport: its
+/// `transport` parameter, UDP when there is none (RFC 3263 §4.1 without NAPTR). `sips:` needs
+/// TLS, which is not served.
+pub fn uri_destination(uri: &str) -> Result<Peer, RouteError> {
     let parsed = parse_uri(uri).map_err(|_| RouteError::BadUri(uri.to_string()))?;
-    let default_port = match parsed.scheme.to_ascii_lowercase().as_str() {
-        "sip" => 5060,
-        "sips" => 5061,
+    match parsed.scheme.to_ascii_lowercase().as_str() {
+        "sip" => {}
+        "sips" => return Err(RouteError::Transport("TLS (sips URI)".into())),
         other => return Err(RouteError::Scheme(other.to_string())),
+    }
+    let transport = match parsed.param("transport").flatten() {
+        None => Transport::Udp,
+        Some(t) if t.eq_ignore_ascii_case("udp") => Transport::Udp,
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+        Some(other) => return Err(RouteError::Transport(other.to_ascii_uppercase())),
     };
     let host = parsed
         .param("maddr")
@@ -1348,11 +1565,15 @@ pub fn uri_destination(uri: &str) -> Result<SocketAddr, RouteError> {
         .trim_end_matches(']')
         .parse()
         .map_err(|_| RouteError::HostName(host.clone()))?;
-    Ok(SocketAddr::new(ip, parsed.port.unwrap_or(default_port)))
+    Ok(Peer {
+        transport,
+        addr: SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
+    })
 }
 
-/// Where a response goes by its Via (RFC 3261 §18.2.2 with RFC 3581 rport).
-fn via_destination(via: &msg::Via) -> Option<SocketAddr> {
+/// Where a response goes by its Via (RFC 3261 §18.2.2 with RFC 3581 rport): over TCP to the
+/// connection from that address if it is still open, else a new one; over UDP as a datagram.
+fn via_destination(via: &msg::Via) -> Option<Peer> {
     let host = via.received.clone().unwrap_or_else(|| via.host.clone());
     let ip: IpAddr = host
         .trim_start_matches('[')
@@ -1363,7 +1584,14 @@ fn via_destination(via: &msg::Via) -> Option<SocketAddr> {
         Some(Some(p)) => p,
         _ => via.port.unwrap_or(5060),
     };
-    Some(SocketAddr::new(ip, port))
+    let addr = SocketAddr::new(ip, port);
+    if via.transport.eq_ignore_ascii_case("tcp") {
+        Some(Peer::tcp(addr))
+    } else if via.transport.eq_ignore_ascii_case("udp") {
+        Some(Peer::udp(addr))
+    } else {
+        None
+    }
 }
 
 fn digest(s: &str, salt: u64) -> u64 {

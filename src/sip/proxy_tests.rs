@@ -8,6 +8,8 @@ use super::*;
 const PHONE: &str = "198.51.100.7:5060";
 const PBX: &str = "192.0.2.5:5060";
 const US: &str = "192.0.2.10:5060";
+/// Our TCP listener, on another port than UDP so the tests tell them apart.
+const US_TCP: &str = "192.0.2.10:5070";
 
 struct Anchor {
     seen: Vec<(String, Party, Vec<u8>)>,
@@ -44,13 +46,18 @@ fn addr(s: &str) -> SocketAddr {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_pbx(Peer::udp(addr(PBX)))
+    }
+
+    fn with_pbx(pbx: Peer) -> Harness {
         Harness {
             proxy: Proxy::new(
                 ProxyConfig {
-                    advertise: addr(US),
-                    local: vec![addr(US)],
-                    pbx: vec![addr(PBX)],
+                    advertise: vec![Peer::udp(addr(US)), Peer::tcp(addr(US_TCP))],
+                    local: vec![addr(US), addr(US_TCP)],
+                    pbx: vec![pbx],
                     max_rate: 50,
+                    large_over_tcp: true,
                 },
                 0xabc,
             ),
@@ -59,10 +66,18 @@ impl Harness {
         }
     }
 
+    /// A datagram over UDP; every send must be UDP too.
     fn input(&mut self, from: &str, text: &str) -> (Vec<(SocketAddr, String)>, Vec<CallEvent>) {
         self.proxy
             .handle_datagram(self.now, addr(from), text.as_bytes(), &mut self.anchor);
         self.drain()
+    }
+
+    /// A message from any peer; sends with their transport.
+    fn input_on(&mut self, from: Peer, text: &str) -> (Vec<(Peer, String)>, Vec<CallEvent>) {
+        self.proxy
+            .handle_message(self.now, from, text.as_bytes(), &mut self.anchor);
+        self.drain_peers()
     }
 
     fn advance(&mut self, by: Duration) -> (Vec<(SocketAddr, String)>, Vec<CallEvent>) {
@@ -71,13 +86,32 @@ impl Harness {
         self.drain()
     }
 
+    fn advance_peers(&mut self, by: Duration) -> (Vec<(Peer, String)>, Vec<CallEvent>) {
+        self.now += by;
+        self.proxy.handle_timeout(self.now);
+        self.drain_peers()
+    }
+
     fn drain(&mut self) -> (Vec<(SocketAddr, String)>, Vec<CallEvent>) {
+        let (sends, events) = self.drain_peers();
+        let sends = sends
+            .into_iter()
+            .map(|(to, data)| {
+                assert_eq!(to.transport, Transport::Udp, "{data}");
+                (to.addr, data)
+            })
+            .collect();
+        (sends, events)
+    }
+
+    fn drain_peers(&mut self) -> (Vec<(Peer, String)>, Vec<CallEvent>) {
         let mut sends = Vec::new();
         let mut events = Vec::new();
         while let Some(out) = self.proxy.poll_output() {
             match out {
                 Output::Send { to, data } => sends.push((to, String::from_utf8(data).unwrap())),
                 Output::Event(e) => events.push(e),
+                Output::Alias { .. } => {}
             }
         }
         (sends, events)
@@ -776,7 +810,7 @@ fn a_flood_from_one_source_is_cut_at_max_rate_but_the_pbx_is_not() {
 fn an_oversized_request_is_answered_513() {
     let mut h = Harness::new();
     h.proxy
-        .handle_oversized(h.now, addr(PHONE), invite().as_bytes());
+        .handle_oversized(h.now, Peer::udp(addr(PHONE)), invite().as_bytes());
     let (sends, events) = h.drain();
     assert_eq!(sends.len(), 1, "{sends:?}");
     assert_eq!(sends[0].0, addr(PHONE));
@@ -790,7 +824,7 @@ fn an_oversized_request_is_answered_513() {
     // A response over the limit is just dropped.
     h.proxy.handle_oversized(
         h.now,
-        addr(PBX),
+        Peer::udp(addr(PBX)),
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-rpx\r\n\r\n",
     );
     assert!(h.drain().0.is_empty());
@@ -1123,4 +1157,293 @@ fn update_with_sdp_in_the_call_is_anchored_for_its_sender() {
         Party::Callee,
         "the answer is the callee's SDP"
     );
+}
+
+// ----- transports ---------------------------------------------------------------------------
+
+fn tcp(s: &str) -> Peer {
+    Peer::tcp(addr(s))
+}
+
+fn udp(s: &str) -> Peer {
+    Peer::udp(addr(s))
+}
+
+/// `invite()` as a phone on TCP sends it: TCP Via and a Contact with transport=tcp.
+fn tcp_invite() -> String {
+    invite()
+        .replace(
+            "SIP/2.0/UDP 198.51.100.7:5060",
+            "SIP/2.0/TCP 198.51.100.7:5060",
+        )
+        .replace(
+            "<sip:0401234567@198.51.100.7:5060>",
+            "<sip:0401234567@198.51.100.7:5060;transport=tcp>",
+        )
+}
+
+fn headers(msg: &str, name: &str) -> Vec<String> {
+    let (m, _) = Message::parse(msg.as_bytes()).unwrap();
+    m.header_all(name).map(|v| v.to_string()).collect()
+}
+
+#[test]
+fn phone_on_tcp_and_pbx_on_udp_get_one_record_route_each_and_their_own_transport() {
+    let mut h = Harness::new();
+    // The phone's connection comes from an ephemeral port.
+    let phone = tcp("198.51.100.7:40123");
+    let (sends, events) = h.input_on(phone, &tcp_invite());
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    assert_eq!(sends[0].0, phone, "100 Trying goes back on the connection");
+    assert_eq!(sends[1].0, udp(PBX));
+    let fwd = sends[1].1.clone();
+    assert!(
+        fwd.contains("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-rp"),
+        "{fwd}"
+    );
+    // RFC 5658: the entry facing the PBX on top, the one facing the phone below.
+    assert_eq!(
+        headers(&fwd, "Record-Route"),
+        [
+            "<sip:192.0.2.10:5060;lr>",
+            "<sip:192.0.2.10:5070;transport=tcp;lr>"
+        ]
+    );
+    assert!(matches!(&events[0].kind, CallEventKind::Invite(i) if !i.from_pbx));
+
+    // UDP towards the PBX is retransmitted; nothing is ever retransmitted to the TCP phone.
+    let (resent, _) = h.advance_peers(Duration::from_millis(500));
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].0, udp(PBX));
+    let busy = response(&fwd, 486, "Busy Here", Some("callee1"), "", "");
+    let (sends, events) = h.input_on(udp(PBX), &busy);
+    let to_phone: Vec<_> = sends.iter().filter(|(to, _)| *to == phone).collect();
+    assert_eq!(to_phone.len(), 1, "{sends:?}");
+    assert!(to_phone[0].1.starts_with("SIP/2.0 486 Busy Here\r\n"));
+    assert!(to_phone[0].1.contains("Via: SIP/2.0/TCP 198.51.100.7:5060"));
+    assert!(matches!(
+        events[0].kind,
+        CallEventKind::Failed { code: 486, .. }
+    ));
+    // No Timer G over TCP: the 486 is not repeated while the ACK is awaited.
+    for _ in 0..8 {
+        let (sends, _) = h.advance_peers(Duration::from_millis(500));
+        assert!(sends.iter().all(|(to, _)| *to != phone), "{sends:?}");
+    }
+}
+
+#[test]
+fn the_pbx_reaches_a_tcp_phone_through_both_record_routes_over_tcp() {
+    let mut h = Harness::new();
+    let phone = tcp("198.51.100.7:40123");
+    let (sends, _) = h.input_on(phone, &tcp_invite());
+    let fwd = sends[1].1.clone();
+    let ok = response(
+        &fwd,
+        200,
+        "OK",
+        Some("callee1"),
+        "Contact: <sip:2000@192.0.2.5:5060>\r\n",
+        SDP,
+    );
+    let (sends, events) = h.input_on(udp(PBX), &ok);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, phone);
+    assert!(matches!(events[0].kind, CallEventKind::Answered));
+    // The PBX hangs up: its route set is the Record-Route list as it got it.
+    let bye = "BYE sip:0401234567@198.51.100.7:5060;transport=tcp SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKpbxbye\r\n\
+Route: <sip:192.0.2.10:5060;lr>,<sip:192.0.2.10:5070;transport=tcp;lr>\r\n\
+Max-Forwards: 70\r\nFrom: <sip:0295120000@192.0.2.10>;tag=callee1\r\n\
+To: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let (sends, events) = h.input_on(udp(PBX), bye);
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    // To the address in the Contact, over TCP (the driver finds the connection or opens one).
+    assert_eq!(sends[0].0, tcp("198.51.100.7:5060"));
+    assert!(sends[0]
+        .1
+        .contains("Via: SIP/2.0/TCP 192.0.2.10:5070;branch=z9hG4bK-rp"));
+    assert!(
+        !sends[0].1.contains("Route:"),
+        "both our entries are taken off"
+    );
+    assert!(matches!(
+        events[0].kind,
+        CallEventKind::Bye { by: Party::Callee }
+    ));
+    let (resent, _) = h.advance_peers(Duration::from_secs(4));
+    assert!(resent.is_empty(), "no Timer E over TCP: {resent:?}");
+}
+
+/// An INVITE whose SDP pushes it over the 1300 bytes RFC 3261 §18.1.1 allows over UDP.
+fn large_invite() -> String {
+    let pad: String = (0..40)
+        .map(|i| format!("a=x-pad-{i}:aaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"))
+        .collect();
+    let body = format!("{SDP}{pad}");
+    invite()
+        .replace(
+            &format!("Content-Length: {}\r\n\r\n{SDP}", SDP.len()),
+            &format!("Content-Length: {}\r\n\r\n{body}", body.len()),
+        )
+        .replace(
+            "Content-Type: application/sdp",
+            "Content-Type: application/x-not-sdp",
+        )
+}
+
+#[test]
+fn a_large_request_goes_over_tcp_and_back_to_udp_if_the_connection_fails() {
+    let mut h = Harness::new();
+    let invite = large_invite();
+    assert!(invite.len() > UDP_REQUEST_LIMIT);
+    let (sends, _) = h.input_on(udp(PHONE), &invite);
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    assert_eq!(sends[1].0, tcp(PBX));
+    assert!(sends[1]
+        .1
+        .contains("Via: SIP/2.0/TCP 192.0.2.10:5070;branch=z9hG4bK-rp"));
+    // The dialog's route stays UDP: the switch is for this message only.
+    assert_eq!(
+        headers(&sends[1].1, "Record-Route"),
+        ["<sip:192.0.2.10:5060;lr>"]
+    );
+    let branch = top_branch(&sends[1].1);
+    assert!(h.advance_peers(Duration::from_secs(1)).0.is_empty());
+    // The PBX takes no TCP: the same request goes over UDP, same branch, and is retransmitted.
+    h.proxy
+        .handle_transport_error(h.now, tcp(PBX), &mut h.anchor);
+    let (sends, events) = h.drain_peers();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].0, udp(PBX));
+    assert!(sends[0]
+        .1
+        .contains("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-rp"));
+    assert_eq!(top_branch(&sends[0].1), branch);
+    assert!(events.is_empty());
+    let (resent, _) = h.advance_peers(Duration::from_millis(500));
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].0, udp(PBX));
+    // The PBX answers over UDP and the caller gets it.
+    let ringing = response(&sends[0].1, 180, "Ringing", Some("t1"), "", "");
+    let (sends, _) = h.input_on(udp(PBX), &ringing);
+    assert_eq!(sends[0].0, udp(PHONE));
+}
+
+#[test]
+fn a_pbx_on_tcp_that_cannot_be_reached_gives_the_caller_503_at_once() {
+    let mut h = Harness::with_pbx(tcp(PBX));
+    let (sends, _) = h.input_on(udp(PHONE), &invite());
+    assert_eq!(sends[1].0, tcp(PBX));
+    assert!(sends[1].1.contains("Via: SIP/2.0/TCP 192.0.2.10:5070;"));
+    assert_eq!(
+        headers(&sends[1].1, "Record-Route"),
+        [
+            "<sip:192.0.2.10:5070;transport=tcp;lr>",
+            "<sip:192.0.2.10:5060;lr>"
+        ]
+    );
+    h.proxy
+        .handle_transport_error(h.now, tcp(PBX), &mut h.anchor);
+    let (sends, events) = h.drain_peers();
+    let to_phone: Vec<_> = sends.iter().filter(|(to, _)| *to == udp(PHONE)).collect();
+    assert_eq!(to_phone.len(), 1, "{sends:?}");
+    assert!(to_phone[0]
+        .1
+        .starts_with("SIP/2.0 503 Service Unavailable\r\n"));
+    assert!(matches!(
+        events[0].kind,
+        CallEventKind::Failed { code: 503, .. }
+    ));
+}
+
+#[test]
+fn the_pbx_on_tcp_is_known_by_its_address_from_any_port() {
+    let mut h = Harness::with_pbx(tcp(PBX));
+    // An outbound call: the PBX's connection comes from an ephemeral port, and its INVITE is
+    // routed by the Request-URI (over UDP: no transport parameter).
+    let out = invite()
+        .replace(
+            "sip:0295120000@192.0.2.10 SIP/2.0",
+            "sip:0401234567@198.51.100.7:5060 SIP/2.0",
+        )
+        .replace(
+            "SIP/2.0/UDP 198.51.100.7:5060",
+            "SIP/2.0/TCP 192.0.2.5:5060",
+        );
+    let (sends, events) = h.input_on(tcp("192.0.2.5:39999"), &out);
+    assert_eq!(sends[1].0, udp(PHONE), "{sends:?}");
+    assert!(matches!(&events[0].kind, CallEventKind::Invite(i) if i.from_pbx));
+}
+
+#[test]
+fn uri_transports_are_read_and_unserved_ones_refused() {
+    assert_eq!(
+        uri_destination("sip:a@192.0.2.1").unwrap(),
+        udp("192.0.2.1:5060")
+    );
+    assert_eq!(
+        uri_destination("sip:a@192.0.2.1:5080;transport=TCP;lr").unwrap(),
+        tcp("192.0.2.1:5080")
+    );
+    assert_eq!(
+        uri_destination("sip:[2001:db8::1];transport=udp").unwrap(),
+        udp("[2001:db8::1]:5060")
+    );
+    assert!(matches!(
+        uri_destination("sip:a@192.0.2.1;transport=tls"),
+        Err(RouteError::Transport(_))
+    ));
+    assert!(matches!(
+        uri_destination("sips:a@192.0.2.1"),
+        Err(RouteError::Transport(_))
+    ));
+}
+
+#[test]
+fn a_stream_without_content_length_gets_400() {
+    let mut h = Harness::new();
+    let text = invite().replace(&format!("Content-Length: {}\r\n", SDP.len()), "");
+    let phone = tcp("198.51.100.7:40123");
+    h.proxy
+        .handle_framing_error(h.now, phone, text.as_bytes(), &"no Content-Length");
+    let (sends, _) = h.drain_peers();
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, phone);
+    assert!(sends[0].1.starts_with("SIP/2.0 400 Bad Request\r\n"));
+}
+
+#[test]
+fn a_tcp_peer_naming_its_listening_port_in_via_gets_an_alias_of_its_connection() {
+    let mut h = Harness::new();
+    h.proxy.handle_message(
+        h.now,
+        tcp("198.51.100.7:40123"),
+        tcp_invite().as_bytes(),
+        &mut h.anchor,
+    );
+    let mut aliases = Vec::new();
+    while let Some(out) = h.proxy.poll_output() {
+        if let Output::Alias { alias, conn } = out {
+            aliases.push((alias, conn));
+        }
+    }
+    assert_eq!(aliases, [(addr(PHONE), addr("198.51.100.7:40123"))]);
+    // Another IP in the Via names nobody's connection.
+    let spoof = tcp_invite()
+        .replace(
+            "SIP/2.0/TCP 198.51.100.7:5060",
+            "SIP/2.0/TCP 203.0.113.9:5060",
+        )
+        .replace("call-1@", "call-2@");
+    h.proxy.handle_message(
+        h.now,
+        tcp("198.51.100.7:40124"),
+        spoof.as_bytes(),
+        &mut h.anchor,
+    );
+    while let Some(out) = h.proxy.poll_output() {
+        assert!(!matches!(out, Output::Alias { .. }), "{out:?}");
+    }
 }

@@ -2,11 +2,10 @@
 //! received) and client transactions (one per request forwarded), their keys and timer values.
 //! Pure data: the proxy core (`super::proxy`) drives the state changes; nothing here does IO.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::sip::msg::Message;
-use crate::sip::proxy::Party;
+use crate::sip::proxy::{Party, Peer};
 
 /// RTT estimate (RFC 3261 §17.1.1.1).
 pub const T1: Duration = Duration::from_millis(500);
@@ -57,8 +56,9 @@ pub struct ClientKey {
 pub struct ServerTxn {
     /// INVITE transaction (different retransmission and ACK rules).
     pub invite: bool,
-    /// Where the request came from; responses go back there (RFC 3581 symmetric response routing).
-    pub source: SocketAddr,
+    /// Where the request came from; responses go back there (RFC 3581 symmetric response
+    /// routing; over TCP on the same connection, RFC 3261 §18.2.2).
+    pub source: Peer,
     /// The last response we sent upstream, re-sent when the request is retransmitted.
     pub last_response: Option<Vec<u8>>,
     /// Status of the final response sent upstream, if any.
@@ -81,7 +81,7 @@ pub struct ClientTxn {
     /// INVITE transaction.
     pub invite: bool,
     /// Where it was sent.
-    pub dest: SocketAddr,
+    pub dest: Peer,
     /// The request as sent; retransmitted by Timers A/E and used to build CANCEL and ACK.
     pub request: Message,
     /// Serialised `request`, kept for retransmissions.
@@ -108,12 +108,15 @@ pub struct ClientTxn {
     pub cancel_pending: bool,
     /// We sent CANCEL for it: without a final response 64*T1 later it is given up (§9.1).
     pub cancel_sent: bool,
+    /// Sent over TCP only because of its size (RFC 3261 §18.1.1): the request with a UDP Via,
+    /// sent instead if the connection fails.
+    pub udp_fallback: Option<Message>,
 }
 
 impl ClientTxn {
     /// A client transaction for `request` to `dest`, with nothing received yet; the caller sets
     /// what differs (server transaction, party, ownership).
-    pub fn new(request: Message, dest: SocketAddr, call_id: String) -> ClientTxn {
+    pub fn new(request: Message, dest: Peer, call_id: String) -> ClientTxn {
         ClientTxn {
             server: None,
             invite: request.method() == Some("INVITE"),
@@ -131,6 +134,7 @@ impl ClientTxn {
             timer_c: None,
             cancel_pending: false,
             cancel_sent: false,
+            udp_fallback: None,
         }
     }
 }
