@@ -1,14 +1,17 @@
 //! SIP over TCP through the real daemon on 127.0.0.1: a phone on TCP calling a PBX on UDP (two
 //! Record-Route entries, RFC 5658), with RTP both ways recorded and the PBX's BYE reaching the
 //! phone over the phone's own connection; keep-alive pings; stream framing errors; and the RFC
-//! 3261 §18.1.1 switch to TCP for a large request, with its fallback to UDP.
+//! 3261 §18.1.1 switch to TCP for a large request, with its fallback to UDP; and a PBX on TCP over
+//! IPv6 reached by a phone on UDP.
 
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use recproxy::codec::Codec;
+use recproxy::demo::ua::{CallSpec, Outcome, Phone};
 use recproxy::sip::msg::Message;
 use support::raw::{media_addr, play, recv_sip, sdp};
 use support::{dominance, write_config, Daemon, Wav};
@@ -424,4 +427,92 @@ fn a_large_request_to_a_udp_pbx_goes_over_tcp_and_falls_back_to_udp_without_a_li
     assert!(daemon
         .log_text()
         .contains("large request falls back to UDP"));
+}
+
+#[test]
+fn a_phone_on_udp_calls_a_pbx_on_tcp_over_ipv6() {
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let root = tempfile::tempdir().unwrap();
+    let pbx_listener = TcpListener::bind("[::1]:0").unwrap();
+    let pbx_addr = pbx_listener.local_addr().unwrap();
+    let config = root.path().join("recproxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:[::1]:0\", \"tcp:[::1]:0\"]\npbx = \"tcp:{pbx_addr}\"\n\n\
+             [media]\nbind = \"::1\"\nadvertise = \"::1\"\nports = \"48300-48399\"\ntimeout = \"10s\"\n\n\
+             [recording]\ndir = \"{}\"\n",
+            root.path().join("recordings").display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config);
+    let proxy = daemon.sip;
+    assert!(proxy.is_ipv6());
+
+    let phone = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let spec = CallSpec::new(
+            "0401234567",
+            "0295120000",
+            Codec::Pcmu,
+            CALLER_HZ,
+            Duration::from_secs(2),
+        );
+        rt.block_on(async {
+            let phone = Phone::bind(V6).await.unwrap();
+            phone.call(proxy, &spec).await.unwrap()
+        })
+    });
+
+    // The daemon connects to the PBX and sends the INVITE on that connection.
+    let (conn, _) = pbx_listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut pbx = Stream {
+        tcp: conn,
+        buf: Vec::new(),
+    };
+    let inv = pbx.recv(|m| m.method() == Some("INVITE"));
+    assert_eq!(inv.top_via().unwrap().transport, "TCP");
+    let rr: Vec<String> = inv.header_all("Record-Route").map(str::to_string).collect();
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[0].contains(";transport=tcp;lr") && rr[0].contains("[::1]"),
+        "{rr:?}"
+    );
+    assert!(!rr[1].contains("transport"), "{rr:?}");
+    let to_pbx_side = media_addr(inv.body());
+    assert!(to_pbx_side.is_ipv6());
+    let pbx_rtp = UdpSocket::bind("[::1]:0").unwrap();
+    let port = pbx_rtp.local_addr().unwrap().port();
+    let answer = format!(
+        "v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n\
+a=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    );
+    let contact = format!("Contact: <sip:2000@{pbx_addr};transport=tcp>\r\n");
+    pbx.send(&respond(&inv, 200, "OK", "b6", &contact, &answer));
+    let ack = pbx.recv(|m| m.method().is_some());
+    assert_eq!(ack.method(), Some("ACK"));
+    play(&pbx_rtp, to_pbx_side, CALLEE_HZ, 1, 100, 0xB0B6);
+    // The phone hangs up after its two seconds; the BYE comes on the same connection.
+    let bye = pbx.recv(|m| m.method().is_some());
+    assert_eq!(bye.method(), Some("BYE"));
+    pbx.send(&respond(&bye, 200, "OK", "b6", "", ""));
+    let report = phone.join().unwrap();
+    assert_eq!(report.outcome, Outcome::Answered);
+
+    let (_, v) = daemon.final_sidecar(&report.call_id);
+    assert_eq!(v["state"], "complete", "{v:#}");
+    assert_eq!(v["end_reason"], "bye_caller", "{v:#}");
+    assert_eq!(v["legs"]["callee"]["packets"], 100, "{v:#}");
+    let wav = Wav::read(std::path::Path::new(v["wav"]["path"].as_str().unwrap()));
+    let mid = |ch: &[i16]| ch[4000..12000].to_vec();
+    let l = dominance(&mid(&wav.left), 8000, CALLER_HZ, &[CALLEE_HZ]);
+    let r = dominance(&mid(&wav.right), 8000, CALLEE_HZ, &[CALLER_HZ]);
+    assert!(l > 50.0 && r > 50.0, "left {l:.1} right {r:.1}");
 }
