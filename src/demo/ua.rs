@@ -43,8 +43,12 @@ const REPORT_QUEUE: usize = 1024;
 const SIP_PORT: u16 = 5060;
 /// Payload type we offer for RFC 4733 telephone-events.
 const TELEPHONE_EVENT_PT: u8 = 101;
-/// Methods these agents understand, for Allow headers.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
+/// Methods these agents understand, for Allow headers (the phone declines REFER with 603).
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, REFER, NOTIFY";
+/// How long the PBX waits, after the ACK of its 401/407, for the INVITE with credentials.
+const AUTH_WAIT: Duration = Duration::from_secs(10);
+/// Subscription the PBX grants a REFER (RFC 3515 §2.4.4), for its `Subscription-State`.
+const REFER_SUBSCRIPTION_SECS: u32 = 60;
 /// Product token for User-Agent / Server headers.
 const PRODUCT: &str = "recproxy-demo";
 
@@ -105,6 +109,36 @@ pub struct CallSpec {
     /// RTP stream. Stopping meanwhile keeps packets from the old port from reaching the proxy
     /// after it has re-pointed (the paused packet times count as `RtpStats::paused`).
     pub move_rtp: Option<Duration>,
+    /// Answer a 401/407 digest challenge (SHA-256, RFC 8760) once: ACK it and send the INVITE
+    /// again with credentials (same Call-ID and From tag, CSeq + 1, new branch; RFC 3261 §22.2).
+    pub credentials: Option<Credentials>,
+    /// Ask for an RFC 4028 session timer: `Supported: timer` and `Session-Expires` in the
+    /// INVITE, and refresh as the 2xx says (see [`SessionTimer`]).
+    pub session_timer: Option<SessionTimer>,
+    /// Blind transfer (RFC 3515, RFC 5589 §6.1): at this offset into the talk time, REFER the
+    /// other side to `sip:<number>@<proxy>`; NOTIFYs of the referral are answered 200, and
+    /// when one reports the transfer done (`SIP/2.0 2xx` sipfrag) the phone hangs up.
+    pub refer: Option<(Duration, String)>,
+}
+
+/// An RFC 4028 session timer asked for by the [`Phone`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimer {
+    /// Session interval asked for, in seconds (`Session-Expires`).
+    pub expires: u32,
+    /// How the phone refreshes when the 2xx makes it the refresher (`refresher=uac`): at half
+    /// the granted interval (RFC 4028 §10), each refresh carrying `Session-Expires` again.
+    /// `None`: it never refreshes (a phone that lost its state), so the session expires.
+    pub refresh: Option<Refresh>,
+}
+
+/// The request a session refresh is made with (RFC 4028 §7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// A re-INVITE offering the unchanged SDP (same `o=` version, RFC 3264 §8).
+    ReInvite,
+    /// An UPDATE without a body (RFC 3311).
+    Update,
 }
 
 impl CallSpec {
@@ -131,6 +165,9 @@ impl CallSpec {
             extra_headers: Vec::new(),
             switch_codec: None,
             move_rtp: None,
+            credentials: None,
+            session_timer: None,
+            refer: None,
         }
     }
 }
@@ -175,6 +212,61 @@ pub struct CallReport {
     pub early_rtp_received: u64,
     /// Media statistics of an answered call.
     pub rtp: Option<RtpStats>,
+    /// The distinct To tags of the provisional responses, in order: one per early dialog
+    /// (several when the far side forked, RFC 3261 §13.2.2.4).
+    pub early_tags: Vec<String>,
+    /// The To tag of the 2xx: the dialog the call took place in.
+    pub to_tag: Option<String>,
+    /// The 401/407 answered with credentials (`CallSpec::credentials`).
+    pub auth_challenge: Option<u16>,
+    /// Session interval the 2xx granted (`Session-Expires`, RFC 4028), seconds.
+    pub session_expires: Option<u32>,
+    /// Whether the 2xx made the phone the refresher (`refresher=uac`).
+    pub refresher_is_us: bool,
+    /// When each session refresh (re-INVITE or UPDATE) was first sent.
+    pub refreshes_sent_at: Vec<SystemTime>,
+    /// Final status of each session refresh, in order.
+    pub refresh_results: Vec<u16>,
+    /// When the REFER was first sent (`CallSpec::refer`).
+    pub refer_sent_at: Option<SystemTime>,
+    /// Final status of the REFER (202 when accepted).
+    pub refer_status: Option<u16>,
+    /// Status lines of the sipfrag bodies of the NOTIFYs received, in order.
+    pub notifies: Vec<String>,
+    /// When each re-INVITE or UPDATE from the other side was answered 2xx.
+    pub remote_updates_at: Vec<SystemTime>,
+}
+
+impl CallReport {
+    /// A report of a call placed at `invite_sent_at` that has not got further.
+    fn new(call_id: String, invite_sent_at: SystemTime) -> CallReport {
+        CallReport {
+            outcome: Outcome::Answered,
+            call_id,
+            invite_sent_at,
+            answered_at: None,
+            bye_sent_at: None,
+            hold_sent_at: None,
+            resume_sent_at: None,
+            codec_sent_at: None,
+            switched_to: None,
+            move_sent_at: None,
+            moved_to: None,
+            early_rtp_received: 0,
+            rtp: None,
+            early_tags: Vec::new(),
+            to_tag: None,
+            auth_challenge: None,
+            session_expires: None,
+            refresher_is_us: false,
+            refreshes_sent_at: Vec::new(),
+            refresh_results: Vec::new(),
+            refer_sent_at: None,
+            refer_status: None,
+            notifies: Vec::new(),
+            remote_updates_at: Vec::new(),
+        }
+    }
 }
 
 /// How the [`Pbx`] answers a call.
@@ -208,6 +300,87 @@ pub enum Answer {
     },
     /// 100, 180, then on CANCEL: 200 (CANCEL), 487 (INVITE), wait ACK.
     RingUntilCancel,
+    /// Like `Accept`, and then the PBX side acts during the call as `script` says.
+    Scripted {
+        /// Time between 180 and 200.
+        ring: Duration,
+        /// Tone the PBX side plays.
+        tone_hz: f64,
+        /// What the PBX does during the call.
+        script: PbxScript,
+    },
+    /// A forking PBX (RFC 3261 §16.7, §13.2.2.4): 100, then one 180 per fork, each with its own
+    /// To tag and Contact (`;fork=<n>`, n from 1), i.e. `forks` early dialogs; after `ring` the
+    /// fork `winner` (index from 0) answers 200 OK in its dialog, like `Accept`. The other
+    /// forks' early dialogs end with that (their branches would be cancelled).
+    Forked {
+        /// Time between the 180s and the 200.
+        ring: Duration,
+        /// Tone the answering fork plays.
+        tone_hz: f64,
+        /// Number of forks (at least 2).
+        forks: u8,
+        /// Which one answers (index from 0).
+        winner: u8,
+    },
+    /// Digest authentication: 100, then `code` (401 with WWW-Authenticate, else 407 with
+    /// Proxy-Authenticate; SHA-256, qop=auth), and once the caller sends the INVITE again with
+    /// valid credentials of `user`/`password` (within 10 s of its ACK), answers it like
+    /// `Accept`; wrong credentials get 403 Forbidden.
+    Challenge {
+        /// 401 or 407.
+        code: u16,
+        /// The realm of the challenge.
+        realm: String,
+        /// The user name and password expected.
+        credentials: Credentials,
+        /// Time between 180 and 200 of the authorised INVITE.
+        ring: Duration,
+        /// Tone the PBX side plays.
+        tone_hz: f64,
+    },
+}
+
+/// What the [`Pbx`] side does during an answered call (`Answer::Scripted`).
+#[derive(Debug, Clone, Default)]
+pub struct PbxScript {
+    /// Move the PBX's RTP to a new local port at this offset after the 200 OK (once the ACK is
+    /// in): bind a new socket, stop sending, re-INVITE with the new port, and once that is
+    /// answered 2xx send from (and receive on) the new socket, continuing the same stream.
+    pub move_rtp: Option<Duration>,
+    /// How long a transfer asked for by REFER takes: the PBX answers the REFER 202, NOTIFYs
+    /// `SIP/2.0 100 Trying` at once and `SIP/2.0 200 OK` (subscription terminated) after this.
+    /// The demo PBX places no call to the Refer-To target; it reports it.
+    pub transfer_delay: Duration,
+}
+
+/// A request the [`Pbx`] received in a call after the INVITE (ACK, BYE, CANCEL, re-INVITE,
+/// UPDATE, REFER, NOTIFY, ...).
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// Method.
+    pub method: String,
+    /// Request-URI.
+    pub uri: String,
+    /// CSeq number.
+    pub cseq: u32,
+    /// To tag (the dialog it was sent in), if any.
+    pub to_tag: Option<String>,
+    /// Headers as received.
+    pub headers: Vec<(String, String)>,
+    /// When it arrived.
+    pub at: SystemTime,
+}
+
+impl SeenRequest {
+    /// First value of header `name` (case-insensitive, compact forms included).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let wanted = canonical_name(name);
+        self.headers
+            .iter()
+            .find(|(n, _)| canonical_name(n) == wanted)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What the [`Pbx`] saw of one call.
@@ -225,8 +398,32 @@ pub struct UasCallReport {
     pub rtp: Option<RtpStats>,
     /// Media statistics of the early media sent before the answer (`Answer::EarlyMedia`).
     pub early_rtp: Option<RtpStats>,
-    /// INVITE headers as received (name as written, value trimmed), for pass-through checks.
+    /// INVITE headers as received (name as written, value trimmed), for pass-through checks;
+    /// of the INVITE that was answered, after a challenge.
     pub received_headers: Vec<(String, String)>,
+    /// The To tag of the final response: the dialog of an answered call.
+    pub to_tag: String,
+    /// The To tags of the provisional responses sent, in order (one per fork with
+    /// `Answer::Forked`).
+    pub early_tags: Vec<String>,
+    /// Requests received after the INVITE, in order (retransmissions of the INVITE left out).
+    pub requests: Vec<SeenRequest>,
+    /// When the 200 OK to the INVITE was first sent.
+    pub answered_at: Option<SystemTime>,
+    /// Digest challenges sent (`Answer::Challenge`).
+    pub challenges: u32,
+    /// The user whose credentials were accepted.
+    pub authorized_user: Option<String>,
+    /// Session interval granted in the 200 OK (RFC 4028), seconds.
+    pub session_expires: Option<u32>,
+    /// When the port-moving re-INVITE was first sent (`PbxScript::move_rtp`).
+    pub move_sent_at: Option<SystemTime>,
+    /// The local RTP address moved to, once the move was answered 2xx.
+    pub moved_to: Option<SocketAddr>,
+    /// Refer-To of each REFER accepted (202).
+    pub refer_to: Vec<String>,
+    /// Final status of each NOTIFY the PBX sent about a referral, in order.
+    pub notify_results: Vec<u16>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,14 +862,20 @@ fn reason_phrase(code: u16) -> &'static str {
         180 => "Ringing",
         183 => "Session Progress",
         200 => "OK",
+        202 => "Accepted",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
         481 => "Call/Transaction Does Not Exist",
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
         491 => "Request Pending",
+        500 => "Server Internal Error",
         503 => "Service Unavailable",
+        603 => "Decline",
         _ => "Unknown",
     }
 }
@@ -684,6 +887,8 @@ struct ResponseParts<'a> {
     to_tag: Option<&'a str>,
     contact: Option<&'a str>,
     sdp: Option<&'a str>,
+    /// Further headers (challenges, session timer), after Contact.
+    headers: &'a [(String, String)],
 }
 
 /// A response to `req` per RFC 3261 §8.2.6.2: every Via (top one stamped), From, To (+tag when
@@ -736,6 +941,9 @@ fn response(req: &SipMsg, source: SocketAddr, code: u16, parts: &ResponseParts<'
     if let Some(contact) = parts.contact {
         b.header("Contact", contact);
     }
+    for (name, value) in parts.headers {
+        b.header(name, value);
+    }
     if code == 405 {
         b.header("Allow", ALLOW);
     }
@@ -751,6 +959,222 @@ fn new_token() -> String {
 /// A branch with the RFC 3261 magic cookie (§8.1.1.7).
 fn new_branch() -> String {
     format!("z9hG4bK{}", new_token())
+}
+
+/// The address of a SIP URI with an IP literal host (`sip:u@127.0.0.1:5070;lr` →
+/// 127.0.0.1:5070, default port 5060); `None` for host names (these agents resolve no DNS).
+fn uri_addr(uri: &str) -> Option<SocketAddr> {
+    let lower = uri.to_ascii_lowercase();
+    let rest = if lower.starts_with("sips:") {
+        uri.get(5..)?
+    } else if lower.starts_with("sip:") {
+        uri.get(4..)?
+    } else {
+        return None;
+    };
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = hostport.split([';', '?']).next()?;
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None => SIP_PORT,
+        };
+        return Some(SocketAddr::new(host.parse().ok()?, port));
+    }
+    let (host, port) = match hostport.split_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (hostport, SIP_PORT),
+    };
+    Some(SocketAddr::new(host.parse().ok()?, port))
+}
+
+/// Whether a `Supported` (or `Require`) header of `msg` lists `option` (RFC 3261 §20.37).
+fn lists_option(msg: &SipMsg, header: &str, option: &str) -> bool {
+    msg.list(header)
+        .iter()
+        .any(|o| o.trim().eq_ignore_ascii_case(option))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session timer (RFC 4028)
+// ---------------------------------------------------------------------------------------------
+
+/// Which side refreshes the session (RFC 4028 §4, the `refresher` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresher {
+    /// The UAC of the transaction that set the timer.
+    Uac,
+    /// The UAS.
+    Uas,
+}
+
+/// `Session-Expires: <seconds>[;refresher=uac|uas]` of a message (compact form `x` too).
+fn session_expires_of(msg: &SipMsg) -> Option<(u32, Option<Refresher>)> {
+    let value = msg.header("session-expires")?;
+    let secs = value.split(';').next()?.trim().parse().ok()?;
+    let refresher = match param_in(value, "refresher").as_deref() {
+        Some(r) if r.eq_ignore_ascii_case("uac") => Some(Refresher::Uac),
+        Some(r) if r.eq_ignore_ascii_case("uas") => Some(Refresher::Uas),
+        _ => None,
+    };
+    Some((secs, refresher))
+}
+
+/// The session-timer headers of a 2xx to `req` (INVITE, re-INVITE or UPDATE), RFC 4028 §9:
+/// the interval asked for, `refresher=uac` (the UAC asked for it, or left it to us and we leave
+/// it to the UAC), and `Require: timer` because the UAC refreshes. Nothing when the UAC did
+/// not offer the extension (`Supported: timer`) or asked us to refresh: these agents never
+/// refresh a session themselves, so they answer as a UA without RFC 4028 would. Intervals below
+/// the RFC's 90 s minimum are granted (no 422), so tests can let a session expire in seconds.
+fn timer_answer_headers(req: &SipMsg) -> Vec<(String, String)> {
+    let Some((secs, refresher)) = session_expires_of(req) else {
+        return Vec::new();
+    };
+    if secs == 0 || !lists_option(req, "supported", "timer") || refresher == Some(Refresher::Uas) {
+        return Vec::new();
+    }
+    vec![
+        ("Session-Expires".into(), format!("{secs};refresher=uac")),
+        ("Require".into(), "timer".into()),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digest authentication (RFC 7616 with SHA-256, RFC 8760 for SIP)
+// ---------------------------------------------------------------------------------------------
+
+/// A user name and password for digest challenges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Digest `username`.
+    pub user: String,
+    /// The shared secret.
+    pub password: String,
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// The auth-params of a `Digest` challenge or credentials header (`Digest a="b", c=d`),
+/// names lowercased, quotes removed; `None` for another scheme.
+fn digest_params(value: &str) -> Option<HashMap<String, String>> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("digest") {
+        return None;
+    }
+    let mut params = HashMap::new();
+    for part in split_list(rest) {
+        let (k, v) = part.split_once('=')?;
+        params.insert(
+            k.trim().to_ascii_lowercase(),
+            v.trim().trim_matches('"').to_string(),
+        );
+    }
+    Some(params)
+}
+
+/// The digest `response` (RFC 7616 §3.4.1, SHA-256): with `qop=auth` over nonce, nc, cnonce
+/// and qop, else the RFC 2069 form over the nonce only.
+fn digest_response(
+    creds: &Credentials,
+    realm: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+    qop: Option<(&str, &str)>,
+) -> String {
+    let ha1 = sha256_hex(&format!("{}:{realm}:{}", creds.user, creds.password));
+    let ha2 = sha256_hex(&format!("{method}:{uri}"));
+    match qop {
+        Some((nc, cnonce)) => sha256_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")),
+        None => sha256_hex(&format!("{ha1}:{nonce}:{ha2}")),
+    }
+}
+
+/// Credentials answering a `Digest` challenge for `method uri`; `None` when the challenge is
+/// not one we can answer (another scheme or algorithm, no realm or nonce).
+fn authorization(challenge: &str, creds: &Credentials, method: &str, uri: &str) -> Option<String> {
+    let p = digest_params(challenge)?;
+    let algorithm = p.get("algorithm").map_or("MD5", String::as_str);
+    if !algorithm.eq_ignore_ascii_case("SHA-256") {
+        return None;
+    }
+    let (realm, nonce) = (p.get("realm")?, p.get("nonce")?);
+    let qop_auth = p
+        .get("qop")
+        .is_some_and(|q| q.split(',').any(|o| o.trim().eq_ignore_ascii_case("auth")));
+    let cnonce = new_token();
+    let nc = "00000001";
+    let response = digest_response(
+        creds,
+        realm,
+        method,
+        uri,
+        nonce,
+        qop_auth.then_some((nc, cnonce.as_str())),
+    );
+    let mut value = format!(
+        "Digest username={}, realm={}, nonce={}, uri={}, response=\"{response}\", algorithm=SHA-256",
+        quote_display(&creds.user),
+        quote_display(realm),
+        quote_display(nonce),
+        quote_display(uri),
+    );
+    if qop_auth {
+        value.push_str(&format!(", qop=auth, nc={nc}, cnonce=\"{cnonce}\""));
+    }
+    if let Some(opaque) = p.get("opaque") {
+        value.push_str(&format!(", opaque={}", quote_display(opaque)));
+    }
+    Some(value)
+}
+
+/// Whether `value` (an Authorization or Proxy-Authorization header) proves `creds` for
+/// `method uri` against our challenge (`realm`, `nonce`, qop=auth, SHA-256).
+fn authorization_valid(
+    value: &str,
+    creds: &Credentials,
+    realm: &str,
+    nonce: &str,
+    method: &str,
+    uri: &str,
+) -> bool {
+    let Some(p) = digest_params(value) else {
+        return false;
+    };
+    let get = |k: &str| p.get(k).map(String::as_str);
+    let qop = match (get("qop"), get("nc"), get("cnonce")) {
+        (Some(q), Some(nc), Some(cnonce)) if q.eq_ignore_ascii_case("auth") => Some((nc, cnonce)),
+        _ => return false, // we challenge with qop=auth, so it is required
+    };
+    get("username") == Some(creds.user.as_str())
+        && get("realm") == Some(realm)
+        && get("nonce") == Some(nonce)
+        && get("uri") == Some(uri)
+        && get("algorithm").is_some_and(|a| a.eq_ignore_ascii_case("SHA-256"))
+        && get("response") == Some(digest_response(creds, realm, method, uri, nonce, qop).as_str())
+}
+
+/// The status line of a `message/sipfrag` body (RFC 3420), e.g. `SIP/2.0 200 OK`, and its code.
+fn sipfrag_status(body: &str) -> Option<(String, u16)> {
+    let line = body.lines().next()?.trim();
+    let code = line
+        .strip_prefix("SIP/2.0 ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((line.to_string(), code))
 }
 
 /// The address we write into headers and SDP: an unspecified bind address is not reachable, so
@@ -1120,8 +1544,10 @@ impl Drop for CallGuard {
     }
 }
 
-/// The dialog state a UAC needs for in-dialog requests (RFC 3261 §12.1.2).
-struct UacDialog {
+/// The dialog state a UA needs for its in-dialog requests: RFC 3261 §12.1.2 for the phone (UAC:
+/// route set = Record-Route of the 2xx reversed), §12.1.1 for the PBX (UAS: Record-Route of the
+/// INVITE as is, remote target = its Contact, local URI = its To with our tag).
+struct UaDialog {
     remote_target: String,
     route_set: Vec<String>,
     from: String,
@@ -1129,13 +1555,38 @@ struct UacDialog {
     call_id: String,
 }
 
-impl UacDialog {
+impl UaDialog {
+    /// The dialog a UAS gets by answering `invite` with To tag `tag` (RFC 3261 §12.1.1).
+    fn of_uas(invite: &SipMsg, tag: &str) -> UaDialog {
+        let to = invite.header("to").unwrap_or_default();
+        UaDialog {
+            remote_target: invite
+                .header("contact")
+                .map(|c| uri_of(c).to_string())
+                .unwrap_or_default(),
+            route_set: invite.list("record-route"),
+            from: format!("{to};tag={tag}"),
+            to: invite.header("from").unwrap_or_default().to_string(),
+            call_id: invite.call_id().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// Where our requests go without an outbound proxy: the first route (loose routing,
+    /// RFC 3261 §12.2.1.1, §8.1.2), else the remote target; `None` when neither names an IP.
+    fn next_hop(&self) -> Option<SocketAddr> {
+        match self.route_set.first() {
+            Some(route) => uri_addr(uri_of(route)),
+            None => uri_addr(&self.remote_target),
+        }
+    }
+
     /// An in-dialog request with a fresh branch.
     fn request(&self, method: &str, cseq: u32, local: SocketAddr) -> Vec<u8> {
         self.request_with(method, cseq, local, &InDialog::default())
     }
 
-    /// An in-dialog request with the given branch (else a fresh one), Contact and SDP body.
+    /// An in-dialog request with the given branch (else a fresh one), Contact, further headers
+    /// and body.
     fn request_with(
         &self,
         method: &str,
@@ -1161,7 +1612,14 @@ impl UacDialog {
         if let Some(contact) = extra.contact {
             b.header("Contact", contact);
         }
-        b.finish(extra.sdp.map(|sdp| ("application/sdp", sdp)))
+        for (name, value) in extra.headers {
+            b.header(name, value);
+        }
+        match (extra.sdp, extra.body) {
+            (Some(sdp), _) => b.finish(Some(("application/sdp", sdp))),
+            (None, Some(body)) => b.finish(Some(body)),
+            (None, None) => b.finish(None),
+        }
     }
 }
 
@@ -1172,25 +1630,153 @@ struct InDialog<'a> {
     branch: Option<&'a str>,
     contact: Option<&'a str>,
     sdp: Option<&'a str>,
+    /// Another body: (content type, body).
+    body: Option<(&'a str, &'a str)>,
+    /// Further headers.
+    headers: &'a [(String, String)],
 }
 
-/// A re-INVITE of ours in progress: the INVITE client transaction (RFC 3261 §17.1.1, §14.1).
-struct ReInvite {
+/// One of our in-dialog requests in progress: an INVITE (RFC 3261 §17.1.1: Timer A doubling
+/// until a provisional, Timer B) or non-INVITE (§17.1.2: Timer E capped at T2, T2 once a
+/// provisional came, Timer F) client transaction, with what it is for.
+struct OutTxn<P> {
+    method: &'static str,
     bytes: Vec<u8>,
     branch: String,
     cseq: u32,
-    /// What it changes.
-    step: Step,
-    /// The socket a `Step::Move` moves the RTP to once answered.
-    new_socket: Option<UdpSocket>,
-    /// Timer A; `None` once a provisional response arrived.
+    /// Where it (and its retransmissions) go.
+    to: SocketAddr,
+    /// What it is for.
+    purpose: P,
+    /// Next retransmission; `None` once an INVITE got a provisional response.
     retransmit_at: Option<Instant>,
     interval: Duration,
-    /// Timer B.
+    /// Timer B / F.
     deadline: Instant,
 }
 
-/// A mid-call change the phone makes with a re-INVITE.
+/// What an [`OutTxn`]'s timer asks for.
+enum TxnTimer {
+    /// Nothing due yet.
+    Idle,
+    /// Send the request again.
+    Resend,
+    /// No final response in 64·T1: the transaction failed.
+    TimedOut,
+}
+
+impl<P> OutTxn<P> {
+    /// Sends `bytes` (a request whose top Via has `branch`) to `to` and starts its timers.
+    async fn start(
+        socket: &UdpSocket,
+        method: &'static str,
+        bytes: Vec<u8>,
+        branch: String,
+        cseq: u32,
+        to: SocketAddr,
+        purpose: P,
+    ) -> OutTxn<P> {
+        send(socket, &bytes, to).await;
+        let now = Instant::now();
+        OutTxn {
+            method,
+            bytes,
+            branch,
+            cseq,
+            to,
+            purpose,
+            retransmit_at: Some(now + T1),
+            interval: T1,
+            deadline: now + TIMER_64T1,
+        }
+    }
+
+    fn wake(&self) -> Instant {
+        self.retransmit_at
+            .map_or(self.deadline, |at| at.min(self.deadline))
+    }
+
+    /// Whether `msg` is a response to this transaction.
+    fn answered_by(&self, msg: &SipMsg) -> bool {
+        msg.answers(self.method, &self.branch)
+    }
+
+    /// A provisional response arrived.
+    fn provisional(&mut self, now: Instant) {
+        if self.method == "INVITE" {
+            self.retransmit_at = None;
+        } else {
+            self.interval = T2;
+            self.retransmit_at = Some(now + T2);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> TxnTimer {
+        if now >= self.deadline {
+            return TxnTimer::TimedOut;
+        }
+        match self.retransmit_at {
+            Some(at) if now >= at => {
+                self.interval = if self.method == "INVITE" {
+                    self.interval * 2
+                } else {
+                    (self.interval * 2).min(T2)
+                };
+                self.retransmit_at = Some(now + self.interval);
+                TxnTimer::Resend
+            }
+            _ => TxnTimer::Idle,
+        }
+    }
+}
+
+/// Our 2xx to a re-INVITE of the other side, retransmitted until its ACK (RFC 3261 §13.3.1.4).
+struct Pending2xx {
+    cseq: u32,
+    bytes: Vec<u8>,
+    to: SocketAddr,
+    acked: bool,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+impl Pending2xx {
+    fn new(cseq: u32, bytes: Vec<u8>, to: SocketAddr) -> Pending2xx {
+        let now = Instant::now();
+        Pending2xx {
+            cseq,
+            bytes,
+            to,
+            acked: false,
+            next: now + T1,
+            interval: T1,
+            give_up: now + TIMER_64T1,
+        }
+    }
+
+    /// When it is due again, unless ACKed.
+    fn wake(&self) -> Option<Instant> {
+        (!self.acked).then_some(self.next)
+    }
+
+    /// Sends it again if due; gives up after 64·T1.
+    async fn tick(&mut self, socket: &UdpSocket, now: Instant) {
+        if self.acked || now < self.next {
+            return;
+        }
+        if now >= self.give_up {
+            tracing::debug!(cseq = self.cseq, "no ACK for our 2xx to a re-INVITE");
+            self.acked = true;
+            return;
+        }
+        send(socket, &self.bytes, self.to).await;
+        self.interval = (self.interval * 2).min(T2);
+        self.next = now + self.interval;
+    }
+}
+
+/// A mid-call change the phone makes with an in-dialog request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// `a=sendonly`, stop sending.
@@ -1201,6 +1787,10 @@ enum Step {
     Codec(Codec),
     /// Offer a new local RTP port.
     Move,
+    /// Refresh the session (RFC 4028).
+    Refresh(Refresh),
+    /// REFER the other side (`CallSpec::refer`).
+    Refer,
 }
 
 /// The ACK for a retransmitted 2xx to one of our INVITEs (initial or re-INVITE), by CSeq.
@@ -1246,9 +1836,16 @@ impl Phone {
     /// RFC 3261 §9.1) after the first 180, expect 200 to CANCEL and 487 to INVITE, ACK the 487, Cancelled.
     /// Each call gets a unique Call-ID, From tag, branch (z9hG4bK...). Overall bounded by timeouts (never hang).
     ///
-    /// With `spec.hold`: hold and resume re-INVITEs during the talk time (see [`CallSpec::hold`]),
-    /// each an INVITE client transaction of its own (Timer A/B, ACK for its 2xx, CSeq + 1);
-    /// the BYE then takes the next CSeq.
+    /// With `spec.credentials` a 401/407 is answered once with a new INVITE carrying them. The
+    /// early dialogs (To tags of provisional responses) are reported; the call takes place in the
+    /// dialog of the 2xx.
+    ///
+    /// During the talk time the phone makes the changes the spec asks for (hold, codec change,
+    /// port move, session refreshes, REFER), one in-dialog client transaction at a time, each
+    /// with the next CSeq; the BYE then takes the next one. It answers re-INVITEs and UPDATEs
+    /// of the other side (following a new media address or codec, holding when told to; 491 if
+    /// its own re-INVITE is pending, RFC 3261 §14.2), NOTIFYs about its REFER (200), and
+    /// declines to be transferred itself (REFER 603).
     ///
     /// If the other side sends BYE first it gets 200 and the call ends without our BYE.
     pub async fn call(&self, proxy: SocketAddr, spec: &CallSpec) -> Result<CallReport, UaError> {
@@ -1290,159 +1887,222 @@ impl Phone {
             None => format!("<{from_uri}>;tag={}", new_token()),
         };
         let to = format!("<{ruri}>");
-        let branch = new_branch();
-        let via = format!(
-            "SIP/2.0/UDP {};branch={branch};rport",
-            host_port(self.local)
-        );
         let contact = format!("<sip:{}@{}>", spec.from_user, host_port(self.local));
+        // RFC 4028 §7.1: we offer the extension and ask to be the refresher.
+        let timer_request = |secs: u32| -> Vec<(String, String)> {
+            vec![
+                ("Supported".into(), "timer".into()),
+                ("Session-Expires".into(), format!("{secs};refresher=uac")),
+            ]
+        };
+        let invite_timer = spec
+            .session_timer
+            .map(|t| timer_request(t.expires))
+            .unwrap_or_default();
 
-        let mut b = MsgBuilder::new(&format!("INVITE {ruri} SIP/2.0"));
-        b.header("Via", &via)
-            .header("Max-Forwards", "70")
-            .header("From", &from)
-            .header("To", &to)
-            .header("Call-ID", &call_id)
-            .header("CSeq", "1 INVITE")
-            .header("Contact", &contact)
-            .header("Allow", ALLOW)
-            .header("User-Agent", PRODUCT);
-        for (name, value) in &spec.extra_headers {
-            b.header(name, value);
-        }
-        let invite = b.finish(Some(("application/sdp", &offer)));
+        let build_invite = |via: &str, cseq: u32, auth: Option<&(String, String)>| {
+            let mut b = MsgBuilder::new(&format!("INVITE {ruri} SIP/2.0"));
+            b.header("Via", via)
+                .header("Max-Forwards", "70")
+                .header("From", &from)
+                .header("To", &to)
+                .header("Call-ID", &call_id)
+                .header("CSeq", &format!("{cseq} INVITE"))
+                .header("Contact", &contact)
+                .header("Allow", ALLOW)
+                .header("User-Agent", PRODUCT);
+            for (name, value) in &invite_timer {
+                b.header(name, value);
+            }
+            if let Some((name, value)) = auth {
+                b.header(name, value);
+            }
+            for (name, value) in &spec.extra_headers {
+                b.header(name, value);
+            }
+            b.finish(Some(("application/sdp", &offer)))
+        };
 
         // Requests that differ from the INVITE only in method and To (CANCEL, §9.1; ACK for a
-        // non-2xx final, §17.1.1.3) reuse its Via, so they match the same transaction.
-        let same_txn = |method: &str, to: &str| {
+        // non-2xx final, §17.1.1.3) reuse its Via and CSeq number, so they match its transaction.
+        let same_txn = |method: &str, to: &str, via: &str, cseq: u32| {
             let mut b = MsgBuilder::new(&format!("{method} {ruri} SIP/2.0"));
-            b.header("Via", &via)
+            b.header("Via", via)
                 .header("Max-Forwards", "70")
                 .header("From", &from)
                 .header("To", to)
                 .header("Call-ID", &call_id)
-                .header("CSeq", &format!("1 {method}"))
+                .header("CSeq", &format!("{cseq} {method}"))
                 .header("User-Agent", PRODUCT);
             b.finish(None)
         };
 
         let invite_sent_at = SystemTime::now();
-        send(&self.socket, &invite, proxy).await;
-
-        // --- INVITE client transaction (RFC 3261 §17.1.1) ---
-        let start = Instant::now();
-        let mut timer_a = T1;
-        let mut retransmit_at = Some(start + T1);
-        let mut deadline = start + TIMER_64T1;
+        let mut report = CallReport::new(call_id.clone(), invite_sent_at);
+        let mut invite_cseq = 1u32;
+        // Credentials for the INVITE (header name, value), once challenged.
+        let mut auth: Option<(String, String)> = None;
+        // The ACK of the challenge, re-sent if the challenge is (our ACK was lost, §17.1.1.2).
+        let mut challenge_ack: Option<(String, Vec<u8>)> = None;
         let mut cancel: Option<Vec<u8>> = None;
-        let mut cancel_retx: Option<(Instant, Duration)> = None;
-        let result = loop {
-            let mut wake = deadline;
-            if let Some(at) = retransmit_at {
-                wake = wake.min(at);
-            }
-            if let Some((at, _)) = cancel_retx {
-                wake = wake.min(at);
-            }
-            // Biased, RTP first: early media sent before the answer is already queued on the
-            // RTP socket when the 2xx is read, so it is all counted as early.
-            tokio::select! {
-                biased;
-                got = rtp.recv_rtp() => early_rtp_received += u64::from(got),
-                m = rx.recv() => {
-                    let Some((msg, from_addr)) = m else { return Err(UaError::Closed) };
-                    if msg.answers("INVITE", &branch) {
-                        let code = msg.code().unwrap_or_default();
-                        if code < 200 {
-                            retransmit_at = None;
-                            // A provisional extends the wait (Timer C style) but a CANCEL
-                            // keeps its own 64·T1 bound (§9.1).
-                            if cancel.is_none() {
-                                deadline = Instant::now() + MAX_RING;
+
+        // --- INVITE client transaction(s) (RFC 3261 §17.1.1), again after a challenge ---
+        let (result, via) = loop {
+            let branch = new_branch();
+            let via = format!(
+                "SIP/2.0/UDP {};branch={branch};rport",
+                host_port(self.local)
+            );
+            let invite = build_invite(&via, invite_cseq, auth.as_ref());
+            send(&self.socket, &invite, proxy).await;
+            let start = Instant::now();
+            let mut timer_a = T1;
+            let mut retransmit_at = Some(start + T1);
+            let mut deadline = start + TIMER_64T1;
+            let mut cancel_retx: Option<(Instant, Duration)> = None;
+            let result = loop {
+                let mut wake = deadline;
+                if let Some(at) = retransmit_at {
+                    wake = wake.min(at);
+                }
+                if let Some((at, _)) = cancel_retx {
+                    wake = wake.min(at);
+                }
+                // Biased, RTP first: early media sent before the answer is already queued on the
+                // RTP socket when the 2xx is read, so it is all counted as early.
+                tokio::select! {
+                    biased;
+                    got = rtp.recv_rtp() => early_rtp_received += u64::from(got),
+                    m = rx.recv() => {
+                        let Some((msg, from_addr)) = m else { return Err(UaError::Closed) };
+                        if msg.answers("INVITE", &branch) {
+                            let code = msg.code().unwrap_or_default();
+                            if code < 200 {
+                                retransmit_at = None;
+                                // Each To tag of a provisional is an early dialog (§13.2.2.4);
+                                // a forking proxy or PBX makes several.
+                                if let Some(tag) = msg.header("to").and_then(|t| header_param(t, "tag")) {
+                                    if !report.early_tags.contains(&tag) {
+                                        report.early_tags.push(tag);
+                                    }
+                                }
+                                // A provisional extends the wait (Timer C style) but a CANCEL
+                                // keeps its own 64·T1 bound (§9.1).
+                                if cancel.is_none() {
+                                    deadline = Instant::now() + MAX_RING;
+                                }
+                                if code == 180 && spec.cancel_after_ringing && cancel.is_none() {
+                                    let bytes = same_txn("CANCEL", &to, &via, invite_cseq);
+                                    send(&self.socket, &bytes, proxy).await;
+                                    let now = Instant::now();
+                                    cancel_retx = Some((now + T1, T1));
+                                    deadline = now + TIMER_64T1;
+                                    cancel = Some(bytes);
+                                }
+                            } else if code < 300 {
+                                break InviteResult::Answered(msg);
+                            } else {
+                                break InviteResult::Final(code, msg);
                             }
-                            if code == 180 && spec.cancel_after_ringing && cancel.is_none() {
-                                let bytes = same_txn("CANCEL", &to);
-                                send(&self.socket, &bytes, proxy).await;
-                                let now = Instant::now();
-                                cancel_retx = Some((now + T1, T1));
-                                deadline = now + TIMER_64T1;
-                                cancel = Some(bytes);
+                        } else if msg.answers("CANCEL", &branch) {
+                            if msg.code().is_some_and(|c| c >= 200) {
+                                cancel_retx = None;
                             }
-                        } else if code < 300 {
-                            break InviteResult::Answered(msg);
-                        } else {
-                            break InviteResult::Final(code, msg);
+                        } else if msg.method().is_some() {
+                            answer_in_dialog(&self.socket, &msg, from_addr).await;
+                        } else if let Some((old, ack)) = &challenge_ack {
+                            // The challenge again: our ACK of it was lost.
+                            if msg.answers("INVITE", old) && msg.code().is_some_and(|c| c >= 300) {
+                                send(&self.socket, ack, proxy).await;
+                            }
                         }
-                    } else if msg.answers("CANCEL", &branch) {
-                        if msg.code().is_some_and(|c| c >= 200) {
-                            cancel_retx = None;
+                    }
+                    () = tokio::time::sleep_until(wake) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(UaError::Timeout(if cancel.is_some() {
+                                "the final response to a cancelled INVITE"
+                            } else {
+                                "a response to INVITE"
+                            }));
                         }
-                    } else if msg.method().is_some() {
-                        answer_in_dialog(&self.socket, &msg, from_addr).await;
+                        if retransmit_at.is_some_and(|at| now >= at) {
+                            send(&self.socket, &invite, proxy).await;
+                            timer_a *= 2;
+                            retransmit_at = Some(now + timer_a);
+                        }
+                        if let (Some((at, interval)), Some(bytes)) = (cancel_retx, cancel.as_ref()) {
+                            if now >= at {
+                                send(&self.socket, bytes, proxy).await;
+                                let next = (interval * 2).min(T2);
+                                cancel_retx = Some((now + next, next));
+                            }
+                        }
                     }
                 }
-                () = tokio::time::sleep_until(wake) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(UaError::Timeout(if cancel.is_some() {
-                            "the final response to a cancelled INVITE"
-                        } else {
-                            "a response to INVITE"
-                        }));
-                    }
-                    if retransmit_at.is_some_and(|at| now >= at) {
-                        send(&self.socket, &invite, proxy).await;
-                        timer_a *= 2;
-                        retransmit_at = Some(now + timer_a);
-                    }
-                    if let (Some((at, interval)), Some(bytes)) = (cancel_retx, cancel.as_ref()) {
-                        if now >= at {
-                            send(&self.socket, bytes, proxy).await;
-                            let next = (interval * 2).min(T2);
-                            cancel_retx = Some((now + next, next));
-                        }
-                    }
-                }
-            }
+            };
+            // A digest challenge is answered once, with a new INVITE (RFC 3261 §22.2).
+            let InviteResult::Final(code @ (401 | 407), challenge) = &result else {
+                break (result, via);
+            };
+            let header = if *code == 401 {
+                "www-authenticate"
+            } else {
+                "proxy-authenticate"
+            };
+            let credentials = spec
+                .credentials
+                .as_ref()
+                .filter(|_| auth.is_none() && cancel.is_none())
+                .and_then(|creds| {
+                    challenge
+                        .header_values(header)
+                        .find_map(|c| authorization(c, creds, "INVITE", &ruri))
+                });
+            let Some(value) = credentials else {
+                break (result, via);
+            };
+            let to_with_tag = challenge.header("to").unwrap_or(&to).to_string();
+            let ack = same_txn("ACK", &to_with_tag, &via, invite_cseq);
+            send(&self.socket, &ack, proxy).await;
+            challenge_ack = Some((branch, ack));
+            let name = if *code == 401 {
+                "Authorization"
+            } else {
+                "Proxy-Authorization"
+            };
+            auth = Some((name.to_string(), value));
+            report.auth_challenge = Some(*code);
+            invite_cseq += 1;
         };
+        report.early_rtp_received = early_rtp_received;
 
         let ok = match result {
             InviteResult::Final(code, msg) => {
                 let to_with_tag = msg.header("to").unwrap_or(&to).to_string();
-                let ack = same_txn("ACK", &to_with_tag);
+                let ack = same_txn("ACK", &to_with_tag, &via, invite_cseq);
                 send(&self.socket, &ack, proxy).await;
                 guard.invite_ack = Some((ack, proxy));
-                let outcome = if cancel.is_some() && code == 487 {
+                report.outcome = if cancel.is_some() && code == 487 {
                     Outcome::Cancelled
                 } else {
                     Outcome::Rejected(code)
                 };
-                return Ok(CallReport {
-                    outcome,
-                    call_id,
-                    invite_sent_at,
-                    answered_at: None,
-                    bye_sent_at: None,
-                    hold_sent_at: None,
-                    resume_sent_at: None,
-                    codec_sent_at: None,
-                    switched_to: None,
-                    move_sent_at: None,
-                    moved_to: None,
-                    early_rtp_received,
-                    rtp: None,
-                });
+                report.to_tag = header_param(&to_with_tag, "tag");
+                return Ok(report);
             }
             InviteResult::Answered(msg) => msg,
         };
 
         // --- Dialog established (RFC 3261 §12.1.2, §13.2.2.4) ---
         let answered_at = SystemTime::now();
+        report.answered_at = Some(answered_at);
         let to_with_tag = ok.header("to").unwrap_or_default().to_string();
-        if header_param(&to_with_tag, "tag").is_none() {
+        report.to_tag = header_param(&to_with_tag, "tag");
+        if report.to_tag.is_none() {
             return Err(UaError::BadResponse("2xx to INVITE without To tag".into()));
         }
-        let dialog = UacDialog {
+        let dialog = UaDialog {
             remote_target: ok
                 .header("contact")
                 .map(|c| uri_of(c).to_string())
@@ -1452,9 +2112,16 @@ impl Phone {
             to: to_with_tag,
             call_id: call_id.clone(),
         };
-        let ack = dialog.request("ACK", 1, self.local);
+        let ack = dialog.request("ACK", invite_cseq, self.local);
         send(&self.socket, &ack, proxy).await;
         guard.invite_ack = Some((ack.clone(), proxy));
+        // RFC 4028 §7.2: the 2xx says whether there is a session timer and who refreshes.
+        if spec.session_timer.is_some() {
+            if let Some((secs, refresher)) = session_expires_of(&ok) {
+                report.session_expires = Some(secs);
+                report.refresher_is_us = refresher == Some(Refresher::Uac);
+            }
+        }
 
         let media = parse_sdp(&ok.body)
             .filter(|m| m.addr.port() != 0)
@@ -1463,16 +2130,10 @@ impl Phone {
         let mut stats = None;
         // CSeq of our last request in the dialog, and the ACK of each 2xx we got by CSeq (a
         // retransmitted 2xx is ACKed again, RFC 3261 §13.2.2.4).
-        let mut cseq = 1u32;
-        let mut acks: Vec<(u32, Vec<u8>)> = vec![(1, ack)];
-        let mut hold_sent_at = None;
-        let mut resume_sent_at = None;
-        let mut codec_sent_at = None;
-        let mut switched_to = None;
-        let mut move_sent_at = None;
-        let mut moved_to = None;
+        let mut cseq = invite_cseq;
+        let mut acks: Vec<(u32, Vec<u8>)> = vec![(invite_cseq, ack)];
         // A 2xx that crossed our CANCEL: the call exists, so it is ended at once (§9.1).
-        if let (Some((remote_rtp, codec)), None) = (media, cancel.as_ref()) {
+        if let (Some((mut remote_rtp, codec)), None) = (media, cancel.as_ref()) {
             let cfg = PlayConfig {
                 codec,
                 tone_hz: spec.tone_hz,
@@ -1483,8 +2144,9 @@ impl Phone {
                 steer: Steer::default(),
             };
             let talk_start = Instant::now();
-            // Mid-call changes still to make, each when it is due and no other re-INVITE is in
-            // progress (the resume is scheduled when the hold is answered).
+            // Mid-call changes still to make, each when it is due and no other request of ours
+            // is in progress (the resume is scheduled when the hold is answered, each refresh
+            // when the previous one is).
             let mut steps: Vec<(Instant, Step)> = Vec::new();
             if let Some((at, _)) = spec.hold {
                 steps.push((talk_start + at, Step::Hold));
@@ -1495,11 +2157,29 @@ impl Phone {
             if let Some(at) = spec.move_rtp {
                 steps.push((talk_start + at, Step::Move));
             }
-            // What our SDP says now.
+            if let Some((at, _)) = &spec.refer {
+                steps.push((talk_start + *at, Step::Refer));
+            }
+            let refresh = spec
+                .session_timer
+                .and_then(|t| t.refresh)
+                .filter(|_| report.refresher_is_us);
+            if let Some(secs) = report.session_expires {
+                schedule_refresh(&mut steps, refresh, secs);
+            }
+            // What our SDP says now, and its `o=` version (bumped only when it changes,
+            // RFC 3264 §8, so a refreshing re-INVITE repeats it unchanged).
             let mut cur_codec = spec.codec;
             let mut cur_addr = rtp_addr;
+            let mut sdp_version = 0u64;
+            let mut last_desc = (MediaDir::SendRecv, rtp_addr, spec.codec);
+            // Our own hold, and the other side's SDP telling us not to send.
             let mut held = false;
-            let mut reinvite: Option<ReInvite> = None;
+            let mut remote_holds = false;
+            let mut pending: Option<OutTxn<(Step, Option<UdpSocket>)>> = None;
+            // Our 2xx to the other side's latest re-INVITE, until its ACK.
+            let mut answered_2xx: Option<Pending2xx> = None;
+            let mut remote_cseq: Option<u32> = None;
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let mut stop_tx = Some(stop_tx);
             let play = rtp.play(remote_rtp, &cfg, async {
@@ -1507,25 +2187,38 @@ impl Phone {
             });
             tokio::pin!(play);
             stats = Some(loop {
-                let wake = match &reinvite {
-                    Some(r) => Some(r.retransmit_at.map_or(r.deadline, |at| at.min(r.deadline))),
+                let moving = pending.as_ref().is_some_and(|p| p.purpose.0 == Step::Move);
+                if held || remote_holds || moving {
+                    cfg.pause.pause();
+                } else {
+                    cfg.pause.resume();
+                }
+                let mut wake = match &pending {
+                    Some(p) => Some(p.wake()),
                     None => steps.iter().map(|(at, _)| *at).min(),
                 };
+                if let Some(at) = answered_2xx.as_ref().and_then(Pending2xx::wake) {
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                }
                 tokio::select! {
                     s = &mut play => break s,
                     () = tokio::time::sleep_until(wake.unwrap_or(talk_start)), if wake.is_some() => {
                         let now = Instant::now();
-                        if let Some(r) = reinvite.as_mut() {
-                            if now >= r.deadline {
-                                // Timer B: the change failed; talk on as before it (unheld).
-                                tracing::debug!(%call_id, cseq = r.cseq, "re-INVITE timed out");
-                                held = false;
-                                cfg.pause.resume();
-                                reinvite = None;
-                            } else {
-                                send(&self.socket, &r.bytes, proxy).await;
-                                r.interval *= 2;
-                                r.retransmit_at = Some(now + r.interval);
+                        if let Some(p) = answered_2xx.as_mut() {
+                            p.tick(&self.socket, now).await;
+                        }
+                        if let Some(p) = pending.as_mut() {
+                            match p.tick(now) {
+                                TxnTimer::Idle => {}
+                                TxnTimer::Resend => send(&self.socket, &p.bytes, p.to).await,
+                                TxnTimer::TimedOut => {
+                                    // Timer B/F: the change failed; talk on as before it (unheld).
+                                    tracing::debug!(%call_id, cseq = p.cseq, method = p.method, "request timed out");
+                                    if p.method == "INVITE" {
+                                        held = false;
+                                    }
+                                    pending = None;
+                                }
                             }
                             continue;
                         }
@@ -1533,141 +2226,294 @@ impl Phone {
                         let (_, step) = steps.remove(due);
                         cseq += 1;
                         let sent_at = Some(SystemTime::now());
-                        let (mut codec, mut addr, mut new_socket) = (cur_codec, cur_addr, None);
-                        match step {
-                            Step::Resume => resume_sent_at = sent_at,
+                        // A re-INVITE: (codec, address) offered and the socket a move goes to.
+                        let mut invite: Option<(Codec, SocketAddr, Option<UdpSocket>)> = None;
+                        let mut headers: Vec<(String, String)> = Vec::new();
+                        let timer_headers = match report.session_expires {
+                            Some(secs) if report.refresher_is_us => timer_request(secs),
+                            _ => Vec::new(),
+                        };
+                        let method = match step {
+                            Step::Resume => {
+                                report.resume_sent_at = sent_at;
+                                invite = Some((cur_codec, cur_addr, None));
+                                "INVITE"
+                            }
                             Step::Hold => {
                                 // On hold we send nothing; the RTP clock runs on.
-                                cfg.pause.pause();
                                 held = true;
-                                hold_sent_at = sent_at;
+                                report.hold_sent_at = sent_at;
+                                invite = Some((cur_codec, cur_addr, None));
+                                "INVITE"
                             }
                             Step::Codec(c) => {
-                                codec = c;
-                                codec_sent_at = sent_at;
+                                report.codec_sent_at = sent_at;
+                                invite = Some((c, cur_addr, None));
+                                "INVITE"
                             }
                             Step::Move => {
                                 let socket = UdpSocket::bind(SocketAddr::new(self.local.ip(), 0)).await?;
-                                addr = SocketAddr::new(local_host, socket.local_addr()?.port());
-                                new_socket = Some(socket);
-                                // Nothing from the old port once the proxy may have re-pointed.
-                                cfg.pause.pause();
-                                move_sent_at = sent_at;
+                                let addr = SocketAddr::new(local_host, socket.local_addr()?.port());
+                                report.move_sent_at = sent_at;
+                                invite = Some((cur_codec, addr, Some(socket)));
+                                "INVITE"
                             }
-                        }
-                        let direction = if held && step != Step::Resume {
-                            MediaDir::SendOnly
-                        } else {
-                            MediaDir::SendRecv
+                            Step::Refresh(how) => {
+                                report.refreshes_sent_at.extend(sent_at);
+                                if how == Refresh::ReInvite {
+                                    invite = Some((cur_codec, cur_addr, None));
+                                    "INVITE"
+                                } else {
+                                    // RFC 4028 §7.4 / RFC 3311: an UPDATE without a body.
+                                    headers = timer_headers.clone();
+                                    "UPDATE"
+                                }
+                            }
+                            Step::Refer => {
+                                report.refer_sent_at = sent_at;
+                                let target = spec.refer.as_ref().map_or("", |(_, t)| t.as_str());
+                                headers = vec![
+                                    ("Refer-To".into(), format!("<sip:{target}@{}>", host_port(proxy))),
+                                    ("Referred-By".into(), format!("<{from_uri}>")),
+                                ];
+                                "REFER"
+                            }
                         };
-                        let sdp = sdp_for(u64::from(cseq) - 1, direction, addr, codec);
                         let branch = new_branch();
-                        let bytes = dialog.request_with(
-                            "INVITE",
-                            cseq,
-                            self.local,
-                            &InDialog { branch: Some(&branch), contact: Some(&contact), sdp: Some(&sdp) },
+                        let mut new_socket = None;
+                        let bytes = if let Some((codec, addr, socket)) = invite {
+                            new_socket = socket;
+                            headers = timer_headers;
+                            let direction = if held && step != Step::Resume {
+                                MediaDir::SendOnly
+                            } else {
+                                MediaDir::SendRecv
+                            };
+                            let desc = (direction, addr, codec);
+                            if desc != last_desc {
+                                sdp_version += 1;
+                                last_desc = desc;
+                            }
+                            let sdp = sdp_for(sdp_version, direction, addr, codec);
+                            dialog.request_with("INVITE", cseq, self.local, &InDialog {
+                                branch: Some(&branch),
+                                contact: Some(&contact),
+                                sdp: Some(&sdp),
+                                headers: &headers,
+                                ..InDialog::default()
+                            })
+                        } else {
+                            dialog.request_with(method, cseq, self.local, &InDialog {
+                                branch: Some(&branch),
+                                contact: Some(&contact),
+                                headers: &headers,
+                                ..InDialog::default()
+                            })
+                        };
+                        pending = Some(
+                            OutTxn::start(&self.socket, method, bytes, branch, cseq, proxy, (step, new_socket)).await,
                         );
-                        send(&self.socket, &bytes, proxy).await;
-                        reinvite = Some(ReInvite {
-                            bytes,
-                            branch,
-                            cseq,
-                            step,
-                            new_socket,
-                            retransmit_at: Some(now + T1),
-                            interval: T1,
-                            deadline: now + TIMER_64T1,
-                        });
                     }
                     m = rx.recv() => {
                         let Some((msg, from_addr)) = m else { return Err(UaError::Closed) };
-                        let ours = reinvite.as_ref().is_some_and(|r| msg.answers("INVITE", &r.branch));
-                        if let (true, Some(r)) = (ours, reinvite.as_mut()) {
-                            let code = msg.code().unwrap_or_default();
-                            if code < 200 {
-                                r.retransmit_at = None;
+                        if let Some(code) = msg.code() {
+                            if !pending.as_ref().is_some_and(|p| p.answered_by(&msg)) {
+                                if msg.is_invite_2xx() {
+                                    if let Some(ack) = ack_for(&msg, &acks) {
+                                        send(&self.socket, ack, proxy).await;
+                                    }
+                                }
                                 continue;
                             }
-                            let done = reinvite.take();
-                            let Some(r) = done else { continue };
-                            if code < 300 {
-                                let ack = dialog.request("ACK", r.cseq, self.local);
-                                send(&self.socket, &ack, proxy).await;
-                                acks.push((r.cseq, ack));
-                                match r.step {
-                                    Step::Resume => {
-                                        held = false;
-                                        cfg.pause.resume();
+                            if code < 200 {
+                                if let Some(p) = pending.as_mut() {
+                                    p.provisional(Instant::now());
+                                }
+                                continue;
+                            }
+                            let Some(done) = pending.take() else { continue };
+                            let (step, new_socket) = done.purpose;
+                            let ok = code < 300;
+                            if done.method == "INVITE" {
+                                if ok {
+                                    let ack = dialog.request("ACK", done.cseq, self.local);
+                                    send(&self.socket, &ack, proxy).await;
+                                    acks.push((done.cseq, ack));
+                                } else {
+                                    // Non-2xx final: ACK on the same branch (§17.1.1.3); the
+                                    // session stays as it was before, so we talk on unheld.
+                                    let ack = dialog.request_with("ACK", done.cseq, self.local, &InDialog {
+                                        branch: Some(&done.branch),
+                                        ..InDialog::default()
+                                    });
+                                    send(&self.socket, &ack, proxy).await;
+                                    tracing::debug!(%call_id, code, "re-INVITE refused");
+                                    held = false;
+                                }
+                            }
+                            match step {
+                                Step::Refer => report.refer_status = Some(code),
+                                Step::Refresh(_) => report.refresh_results.push(code),
+                                _ => {}
+                            }
+                            if !ok {
+                                tracing::debug!(%call_id, code, method = done.method, "request refused");
+                                continue;
+                            }
+                            match step {
+                                Step::Resume => held = false,
+                                Step::Hold => {
+                                    if let Some((at, len)) = spec.hold {
+                                        steps.push((talk_start + at + len, Step::Resume));
                                     }
-                                    Step::Hold => {
-                                        if let Some((at, len)) = spec.hold {
-                                            steps.push((talk_start + at + len, Step::Resume));
+                                }
+                                Step::Codec(c) => {
+                                    // Send what the answer chose (RFC 3264 §6.1).
+                                    let chosen = parse_sdp(&msg.body)
+                                        .and_then(|m| m.first_codec())
+                                        .map_or(c, |(_, codec)| codec);
+                                    cfg.steer.set_codec(chosen);
+                                    cur_codec = chosen;
+                                    report.switched_to = Some(chosen);
+                                }
+                                Step::Move => {
+                                    if let Some(socket) = new_socket {
+                                        if let Ok(local) = socket.local_addr() {
+                                            cur_addr = SocketAddr::new(local_host, local.port());
+                                            report.moved_to = Some(local);
                                         }
+                                        cfg.steer.move_to(socket);
                                     }
-                                    Step::Codec(c) => {
-                                        // Send what the answer chose (RFC 3264 §6.1).
-                                        let chosen = parse_sdp(&msg.body)
-                                            .and_then(|m| m.first_codec())
-                                            .map_or(c, |(_, codec)| codec);
-                                        cfg.steer.set_codec(chosen);
-                                        cur_codec = chosen;
-                                        switched_to = Some(chosen);
+                                }
+                                Step::Refresh(_) | Step::Refer => {}
+                            }
+                            // Any 2xx carrying Session-Expires refreshed the session (RFC 4028 §10).
+                            if done.method != "REFER" && report.refresher_is_us {
+                                if let Some((secs, Some(Refresher::Uac))) = session_expires_of(&msg) {
+                                    report.session_expires = Some(secs);
+                                    schedule_refresh(&mut steps, refresh, secs);
+                                }
+                            }
+                            continue;
+                        }
+                        // A request of the other side.
+                        let method = msg.method().unwrap_or_default().to_string();
+                        let req_cseq = msg.cseq().map_or(0, |(n, _)| n);
+                        let target = response_target(&msg, from_addr);
+                        let reply = |code: u16, sdp: Option<&str>, headers: &[(String, String)]| {
+                            response(&msg, from_addr, code, &ResponseParts {
+                                contact: (code < 300).then_some(contact.as_str()),
+                                sdp,
+                                headers,
+                                ..ResponseParts::default()
+                            })
+                        };
+                        match method.as_str() {
+                            "ACK" => {
+                                if let Some(p) = answered_2xx.as_mut().filter(|p| p.cseq == req_cseq) {
+                                    p.acked = true;
+                                }
+                            }
+                            "BYE" => {
+                                remote_hung_up = true;
+                                answer_in_dialog(&self.socket, &msg, from_addr).await;
+                                if let Some(t) = stop_tx.take() {
+                                    let _ = t.send(());
+                                }
+                            }
+                            "INVITE" | "UPDATE" => {
+                                if method == "INVITE" {
+                                    if let Some(p) = answered_2xx.as_ref().filter(|p| p.cseq == req_cseq) {
+                                        // A retransmission of the re-INVITE we answered.
+                                        send(&self.socket, &p.bytes, p.to).await;
+                                        continue;
                                     }
-                                    Step::Move => {
-                                        if let Some(socket) = r.new_socket {
-                                            if let Ok(local) = socket.local_addr() {
-                                                cur_addr = SocketAddr::new(local_host, local.port());
-                                                moved_to = Some(local);
-                                            }
-                                            cfg.steer.move_to(socket);
-                                        }
-                                        if !held {
-                                            cfg.pause.resume();
+                                }
+                                if remote_cseq.is_some_and(|r| req_cseq < r) {
+                                    // Out of order (RFC 3261 §12.2.2).
+                                    send(&self.socket, &reply(500, None, &[]), target).await;
+                                    continue;
+                                }
+                                let has_offer = !msg.body.trim().is_empty();
+                                let glare = pending.as_ref().is_some_and(|p| p.method == "INVITE");
+                                if glare && (method == "INVITE" || has_offer) {
+                                    // Our own offer is pending (RFC 3261 §14.2, RFC 3311 §5.2).
+                                    send(&self.socket, &reply(491, None, &[]), target).await;
+                                    continue;
+                                }
+                                remote_cseq = Some(req_cseq);
+                                let mut sdp = None;
+                                if has_offer {
+                                    let Some(offer) = parse_sdp(&msg.body).filter(|m| m.addr.port() != 0) else {
+                                        send(&self.socket, &reply(488, None, &[]), target).await;
+                                        continue;
+                                    };
+                                    if offer.addr != remote_rtp && !offer.addr.ip().is_unspecified() {
+                                        // The other side moved its media (RFC 3264 §8.3.1).
+                                        remote_rtp = offer.addr;
+                                        cfg.steer.send_to(remote_rtp);
+                                    }
+                                    if let Some((_, c)) = offer.first_codec().filter(|&(_, c)| c != cur_codec) {
+                                        cfg.steer.set_codec(c);
+                                        cur_codec = c;
+                                    }
+                                    let mut direction = offer.direction.complement();
+                                    remote_holds = !direction.sends() || offer.addr.ip().is_unspecified();
+                                    if held {
+                                        direction = match direction {
+                                            MediaDir::SendRecv => MediaDir::SendOnly,
+                                            MediaDir::RecvOnly => MediaDir::Inactive,
+                                            other => other,
+                                        };
+                                    }
+                                    let desc = (direction, cur_addr, cur_codec);
+                                    if desc != last_desc {
+                                        sdp_version += 1;
+                                        last_desc = desc;
+                                    }
+                                    sdp = Some(sdp_for(sdp_version, direction, cur_addr, cur_codec));
+                                } else if method == "INVITE" {
+                                    // An offerless re-INVITE wants our offer in the 2xx; not done here.
+                                    send(&self.socket, &reply(488, None, &[]), target).await;
+                                    continue;
+                                }
+                                let bytes = reply(200, sdp.as_deref(), &timer_answer_headers(&msg));
+                                send(&self.socket, &bytes, target).await;
+                                if method == "INVITE" {
+                                    answered_2xx = Some(Pending2xx::new(req_cseq, bytes, target));
+                                }
+                                report.remote_updates_at.push(SystemTime::now());
+                            }
+                            "NOTIFY" => {
+                                // Only our REFER made a subscription (RFC 3515 §2.4.4).
+                                if report.refer_sent_at.is_none() {
+                                    send(&self.socket, &reply(481, None, &[]), target).await;
+                                    continue;
+                                }
+                                send(&self.socket, &reply(200, None, &[]), target).await;
+                                if let Some((line, code)) = sipfrag_status(&msg.body) {
+                                    report.notifies.push(line);
+                                    // The transfer is done: the transferor hangs up (RFC 5589 §6.1).
+                                    if (200..300).contains(&code) {
+                                        if let Some(t) = stop_tx.take() {
+                                            let _ = t.send(());
                                         }
                                     }
                                 }
-                            } else {
-                                // Non-2xx final: ACK on the same branch (§17.1.1.3); the
-                                // session stays as it was before, so we talk on unheld.
-                                let ack = dialog.request_with(
-                                    "ACK",
-                                    r.cseq,
-                                    self.local,
-                                    &InDialog { branch: Some(&r.branch), ..InDialog::default() },
-                                );
-                                send(&self.socket, &ack, proxy).await;
-                                tracing::debug!(%call_id, code, "re-INVITE refused");
-                                held = false;
-                                cfg.pause.resume();
                             }
-                        } else if msg.code().is_some() {
-                            if msg.is_invite_2xx() {
-                                if let Some(ack) = ack_for(&msg, &acks) {
-                                    send(&self.socket, ack, proxy).await;
-                                }
-                            }
-                        } else if msg.method() == Some("BYE") {
-                            remote_hung_up = true;
-                            answer_in_dialog(&self.socket, &msg, from_addr).await;
-                            if let Some(t) = stop_tx.take() {
-                                let _ = t.send(());
-                            }
-                        } else {
-                            answer_in_dialog(&self.socket, &msg, from_addr).await;
+                            _ => answer_in_dialog(&self.socket, &msg, from_addr).await,
                         }
                     }
                 }
             });
         }
 
-        let mut bye_sent_at = None;
         if !remote_hung_up {
             let bye = dialog.request("BYE", cseq + 1, self.local);
             let bye_branch = SipMsg::parse(&bye)
                 .and_then(|m| m.top_branch())
                 .unwrap_or_default();
-            bye_sent_at = Some(SystemTime::now());
+            report.bye_sent_at = Some(SystemTime::now());
             send(&self.socket, &bye, proxy).await;
             // Non-INVITE client transaction, Timer E/F (RFC 3261 §17.1.2.2).
             let start = Instant::now();
@@ -1718,32 +2564,31 @@ impl Phone {
                 "no c=/m=audio with a port and a codec we can send".into(),
             ));
         }
-        Ok(CallReport {
-            outcome: Outcome::Answered,
-            call_id,
-            invite_sent_at,
-            answered_at: Some(answered_at),
-            bye_sent_at,
-            hold_sent_at,
-            resume_sent_at,
-            codec_sent_at,
-            switched_to,
-            move_sent_at,
-            moved_to,
-            early_rtp_received,
-            rtp: stats,
-        })
+        report.rtp = stats;
+        Ok(report)
     }
 }
 
-/// Answers a request inside a live call we do not act on specially: BYE/OPTIONS/INFO 200,
-/// re-INVITE 488 (the phone does not accept renegotiation from the other side, RFC 3261 §14.2;
-/// the PBX answers re-INVITEs itself, in `UasCall::accept`), ACK nothing, other 405.
+/// (Re)schedules the phone's next session refresh at half the granted interval (RFC 4028 §10),
+/// when it refreshes at all.
+fn schedule_refresh(steps: &mut Vec<(Instant, Step)>, refresh: Option<Refresh>, secs: u32) {
+    steps.retain(|(_, s)| !matches!(s, Step::Refresh(_)));
+    if let Some(how) = refresh {
+        let half = Duration::from_millis(u64::from(secs) * 500);
+        steps.push((Instant::now() + half, Step::Refresh(how)));
+    }
+}
+
+/// Answers a request inside a call that is not in a state to act on it (before the answer,
+/// while hanging up) or that neither agent acts on specially: BYE/OPTIONS/INFO/CANCEL 200, a
+/// late NOTIFY 200, re-INVITE and UPDATE 488 (no renegotiation now, RFC 3261 §14.2), REFER 603
+/// (not transferred), ACK nothing, other 405.
 async fn answer_in_dialog(socket: &UdpSocket, msg: &SipMsg, from: SocketAddr) {
     let code = match msg.method() {
         None | Some("ACK") => return,
-        Some("BYE" | "OPTIONS" | "INFO" | "CANCEL") => 200,
-        Some("INVITE") => 488,
+        Some("BYE" | "OPTIONS" | "INFO" | "CANCEL" | "NOTIFY") => 200,
+        Some("INVITE" | "UPDATE") => 488,
+        Some("REFER") => 603,
         Some(_) => 405,
     };
     let target = response_target(msg, from);
@@ -1925,15 +2770,7 @@ async fn pbx_loop(pbx: Pbx, decide: Decide, reports: mpsc::Sender<UasCallReport>
         }
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         lock(&table).live.insert(call_id.clone(), tx);
-        let ctx = UasCall {
-            socket: socket.clone(),
-            local,
-            to_tag: new_token(),
-            target: response_target(&msg, from),
-            source: from,
-            last_response: None,
-            invite: msg,
-        };
+        let ctx = UasCall::new(socket.clone(), local, msg, from);
         let decide = decide.clone();
         let reports = reports.clone();
         let table = table.clone();
@@ -1947,7 +2784,8 @@ async fn pbx_loop(pbx: Pbx, decide: Decide, reports: mpsc::Sender<UasCallReport>
     }
 }
 
-/// One call at the PBX: the INVITE, where its responses go and the last one sent.
+/// One call at the PBX: the INVITE, where its responses go and the last one sent, and what the
+/// report will say of it.
 struct UasCall {
     socket: Arc<UdpSocket>,
     local: SocketAddr,
@@ -1956,17 +2794,24 @@ struct UasCall {
     target: SocketAddr,
     to_tag: String,
     last_response: Option<Vec<u8>>,
+    /// Which fork we answer as (`Answer::Forked`): `;fork=<n>` in our Contact.
+    fork: Option<usize>,
+    log: UasLog,
 }
 
-/// A 2xx to a re-INVITE at the PBX, retransmitted until its ACK (RFC 3261 §13.3.1.4).
-struct Pending2xx {
-    cseq: u32,
-    bytes: Vec<u8>,
-    to: SocketAddr,
-    acked: bool,
-    next: Instant,
-    interval: Duration,
-    give_up: Instant,
+/// What the PBX reports of a call besides its outcome and media (see [`UasCallReport`]).
+#[derive(Default)]
+struct UasLog {
+    early_tags: Vec<String>,
+    requests: Vec<SeenRequest>,
+    answered_at: Option<SystemTime>,
+    challenges: u32,
+    authorized_user: Option<String>,
+    session_expires: Option<u32>,
+    move_sent_at: Option<SystemTime>,
+    moved_to: Option<SocketAddr>,
+    refer_to: Vec<String>,
+    notify_results: Vec<u16>,
 }
 
 /// What happened while waiting for something at the PBX.
@@ -1977,13 +2822,55 @@ enum Waited {
     Cancelled,
 }
 
+/// Something the PBX does during a call when it is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PbxStep {
+    /// Re-INVITE with a new RTP port (`PbxScript::move_rtp`).
+    Move,
+    /// The final NOTIFY of the REFER with this CSeq: the transfer is done.
+    TransferDone(u32),
+}
+
+/// A NOTIFY about a REFER (RFC 3515 §2.4.4–2.4.5): Event with the REFER's CSeq as id, the
+/// subscription's state, and a `message/sipfrag` status line.
+struct ReferNotify<'a> {
+    refer_cseq: u32,
+    state: &'a str,
+    sipfrag: &'a str,
+}
+
 impl UasCall {
+    fn new(socket: Arc<UdpSocket>, local: SocketAddr, invite: SipMsg, from: SocketAddr) -> UasCall {
+        UasCall {
+            socket,
+            local,
+            to_tag: new_token(),
+            target: response_target(&invite, from),
+            source: from,
+            last_response: None,
+            invite,
+            fork: None,
+            log: UasLog::default(),
+        }
+    }
+
+    /// Takes over a new INVITE of the same call (the caller's retry with credentials): a new
+    /// server transaction, so a new To tag.
+    fn restart(&mut self, invite: SipMsg, from: SocketAddr) {
+        self.target = response_target(&invite, from);
+        self.source = from;
+        self.invite = invite;
+        self.last_response = None;
+        self.to_tag = new_token();
+    }
+
     fn contact(&self) -> String {
         let user = user_of(self.request_uri());
+        let fork = self.fork.map(|n| format!(";fork={n}")).unwrap_or_default();
         if user.is_empty() {
-            format!("<sip:{}>", host_port(self.local))
+            format!("<sip:{}{fork}>", host_port(self.local))
         } else {
-            format!("<sip:{user}@{}>", host_port(self.local))
+            format!("<sip:{user}@{}{fork}>", host_port(self.local))
         }
     }
 
@@ -1994,8 +2881,41 @@ impl UasCall {
         }
     }
 
+    /// Notes a request received in the call for the report (retransmissions of the INVITE,
+    /// which carry no To tag, left out).
+    fn note(&mut self, msg: &SipMsg) {
+        let Some(method) = msg.method() else { return };
+        let to_tag = msg.header("to").and_then(|t| header_param(t, "tag"));
+        if method == "INVITE" && to_tag.is_none() {
+            return;
+        }
+        let uri = match &msg.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => String::new(),
+        };
+        self.log.requests.push(SeenRequest {
+            method: method.to_string(),
+            uri,
+            cseq: msg.cseq().map_or(0, |(n, _)| n),
+            to_tag,
+            headers: msg.headers.clone(),
+            at: SystemTime::now(),
+        });
+    }
+
     /// Sends a response to the INVITE and remembers it for retransmissions.
     async fn respond(&mut self, code: u16, reason: Option<&str>, sdp: Option<&str>) -> Vec<u8> {
+        self.respond_with(code, reason, sdp, &[]).await
+    }
+
+    /// `respond` with further headers.
+    async fn respond_with(
+        &mut self,
+        code: u16,
+        reason: Option<&str>,
+        sdp: Option<&str>,
+        headers: &[(String, String)],
+    ) -> Vec<u8> {
         let contact = (code > 100 && code < 300).then(|| self.contact());
         let bytes = response(
             &self.invite,
@@ -2006,21 +2926,37 @@ impl UasCall {
                 to_tag: Some(&self.to_tag),
                 contact: contact.as_deref(),
                 sdp,
+                headers,
             },
         );
         send(&self.socket, &bytes, self.target).await;
+        if (101..200).contains(&code) && !self.log.early_tags.contains(&self.to_tag) {
+            self.log.early_tags.push(self.to_tag.clone());
+        }
         self.last_response = Some(bytes.clone());
         bytes
     }
 
     /// Answers a request other than the INVITE (CANCEL, BYE, ...) with `code`, To tag added.
     async fn answer(&self, req: &SipMsg, from: SocketAddr, code: u16) {
+        self.answer_with(req, from, code, &[]).await;
+    }
+
+    /// `answer` with further headers.
+    async fn answer_with(
+        &self,
+        req: &SipMsg,
+        from: SocketAddr,
+        code: u16,
+        headers: &[(String, String)],
+    ) {
         let bytes = response(
             req,
             from,
             code,
             &ResponseParts {
                 to_tag: Some(&self.to_tag),
+                headers,
                 ..Default::default()
             },
         );
@@ -2041,6 +2977,7 @@ impl UasCall {
             tokio::select! {
                 m = rx.recv() => {
                     let Some((msg, from)) = m else { return Waited::Elapsed };
+                    self.note(&msg);
                     match msg.method() {
                         Some("INVITE") => self.resend_last().await,
                         Some("CANCEL") => {
@@ -2060,7 +2997,7 @@ impl UasCall {
     }
 
     /// Retransmits a non-2xx final per Timer G until ACK or Timer H (RFC 3261 §17.2.1).
-    async fn await_ack(&self, rx: &mut mpsc::Receiver<Incoming>, final_bytes: Vec<u8>) {
+    async fn await_ack(&mut self, rx: &mut mpsc::Receiver<Incoming>, final_bytes: Vec<u8>) {
         let deadline = Instant::now() + TIMER_64T1;
         let mut interval = T1;
         let mut next = Instant::now() + T1;
@@ -2068,6 +3005,7 @@ impl UasCall {
             tokio::select! {
                 m = rx.recv() => {
                     let Some((msg, from)) = m else { return };
+                    self.note(&msg);
                     match msg.method() {
                         Some("ACK") => return,
                         Some("INVITE") => send(&self.socket, &final_bytes, self.target).await,
@@ -2090,6 +3028,62 @@ impl UasCall {
         }
     }
 
+    /// After a 401/407: retransmits it until its ACK (Timer G/H), then waits (`AUTH_WAIT`) for
+    /// the caller's new INVITE of the same call (new branch, no To tag), which it returns.
+    async fn await_retry(
+        &mut self,
+        rx: &mut mpsc::Receiver<Incoming>,
+        final_bytes: Vec<u8>,
+    ) -> Option<(SipMsg, SocketAddr)> {
+        let first_branch = self.invite.top_branch();
+        let mut acked = false;
+        let mut deadline = Instant::now() + TIMER_64T1;
+        let mut interval = T1;
+        let mut next = Instant::now() + T1;
+        loop {
+            let wake = if acked { deadline } else { next.min(deadline) };
+            tokio::select! {
+                m = rx.recv() => {
+                    let (msg, from) = m?;
+                    let untagged = msg.header("to").is_some_and(|t| header_param(t, "tag").is_none());
+                    match msg.method() {
+                        Some("INVITE") if msg.top_branch() == first_branch => {
+                            send(&self.socket, &final_bytes, self.target).await;
+                        }
+                        Some("INVITE") if untagged => return Some((msg, from)),
+                        Some("ACK") => {
+                            self.note(&msg);
+                            if !acked {
+                                acked = true;
+                                deadline = Instant::now() + AUTH_WAIT;
+                            }
+                        }
+                        // The INVITE transaction is complete: a CANCEL has nothing to do (§9.2).
+                        Some("CANCEL") => {
+                            self.note(&msg);
+                            self.answer(&msg, from, 200).await;
+                        }
+                        None => {}
+                        Some(_) => {
+                            self.note(&msg);
+                            self.answer(&msg, from, 481).await;
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        tracing::debug!(acked, "PBX got no INVITE with credentials");
+                        return None;
+                    }
+                    send(&self.socket, &final_bytes, self.target).await;
+                    interval = (interval * 2).min(T2);
+                    next = now + interval;
+                }
+            }
+        }
+    }
+
     /// Final non-2xx with ACK wait.
     async fn reject(
         &mut self,
@@ -2102,6 +3096,93 @@ impl UasCall {
         Outcome::Rejected(code)
     }
 
+    /// 180, then after `ring` (unless cancelled) `accept`.
+    async fn ring_then_accept(
+        &mut self,
+        rx: &mut mpsc::Receiver<Incoming>,
+        ring: Duration,
+        tone_hz: f64,
+        script: &PbxScript,
+    ) -> (Outcome, Option<RtpStats>, Option<RtpStats>) {
+        self.respond(180, None, None).await;
+        match self.wait_or_cancel(rx, ring).await {
+            Waited::Cancelled => (Outcome::Cancelled, None, None),
+            Waited::Elapsed => self.accept(rx, tone_hz, None, script).await,
+        }
+    }
+
+    /// Challenges the INVITE (401 or 407, digest with SHA-256 and qop=auth, a fresh nonce), waits
+    /// for it again with credentials and answers that one: `ring_then_accept` when they prove
+    /// `creds` for its Request-URI, else 403.
+    async fn challenge(
+        &mut self,
+        rx: &mut mpsc::Receiver<Incoming>,
+        code: u16,
+        realm: &str,
+        creds: &Credentials,
+        ring: Duration,
+        tone_hz: f64,
+    ) -> (Outcome, Option<RtpStats>, Option<RtpStats>) {
+        let (code, challenge_header, credentials_header) = if code == 401 {
+            (401, "WWW-Authenticate", "authorization")
+        } else {
+            (407, "Proxy-Authenticate", "proxy-authorization")
+        };
+        let nonce = new_token();
+        let value = format!(
+            "Digest realm={}, nonce=\"{nonce}\", algorithm=SHA-256, qop=\"auth\"",
+            quote_display(realm)
+        );
+        let bytes = self
+            .respond_with(code, None, None, &[(challenge_header.to_string(), value)])
+            .await;
+        self.log.challenges += 1;
+        let Some((retry, from)) = self.await_retry(rx, bytes).await else {
+            return (Outcome::Rejected(code), None, None);
+        };
+        self.restart(retry, from);
+        self.respond(100, None, None).await;
+        let uri = self.request_uri().to_string();
+        let valid = self
+            .invite
+            .header(credentials_header)
+            .is_some_and(|v| authorization_valid(v, creds, realm, &nonce, "INVITE", &uri));
+        if !valid {
+            return (self.reject(rx, 403, None).await, None, None);
+        }
+        self.log.authorized_user = Some(creds.user.clone());
+        self.ring_then_accept(rx, ring, tone_hz, &PbxScript::default())
+            .await
+    }
+
+    /// A NOTIFY about a REFER, in the dialog, as an in-dialog request of ours.
+    fn refer_notify(
+        &self,
+        dialog: &UaDialog,
+        cseq: u32,
+        branch: &str,
+        contact: &str,
+        n: &ReferNotify<'_>,
+    ) -> Vec<u8> {
+        let headers = [
+            ("Event".to_string(), format!("refer;id={}", n.refer_cseq)),
+            ("Subscription-State".to_string(), n.state.to_string()),
+        ];
+        let body = format!("{}\r\n", n.sipfrag);
+        dialog.request_with(
+            "NOTIFY",
+            cseq,
+            self.local,
+            &InDialog {
+                branch: Some(branch),
+                contact: Some(contact),
+                headers: &headers,
+                body: Some(("message/sipfrag;version=2.0", &body)),
+                ..InDialog::default()
+            },
+        )
+    }
+
     /// Answers with 200 + SDP, plays the tone and ends on BYE (RFC 3261 §13.3.1.4: the 2xx is
     /// retransmitted until ACK, for at most 64·T1). A re-INVITE is answered 200 with the
     /// complementary direction (sendonly → recvonly, recvonly → sendonly, inactive and sendrecv
@@ -2109,13 +3190,21 @@ impl UasCall {
     /// offered `c=0.0.0.0`, forbids sending, and resumes after (the RTP clock runs on).
     ///
     /// A re-INVITE offering another codec first is answered with that codec, and the tone goes
-    /// on in it from then on; one offering another address has the tone sent there. With `early = Some((length, tone))` the SDP answer goes out in a
-    /// 183 first and `tone` plays for `length` before the 200 OK (early media; a CANCEL ends it).
+    /// on in it from then on; one offering another address has the tone sent there. An UPDATE
+    /// is answered the same way, without ACK; one without a body just 200 (a session refresh).
+    /// 2xx responses echo a session timer the caller asked for (`timer_answer_headers`).
+    /// A REFER is accepted (202) and NOTIFYed as `PbxScript::transfer_delay` says. Requests
+    /// in another dialog (To tag not ours) get 481 (RFC 3261 §12.2.2).
+    ///
+    /// With `early = Some((length, tone))` the SDP answer goes out in a 183 first and `tone`
+    /// plays for `length` before the 200 OK (early media; a CANCEL ends it). `script` says what
+    /// the PBX does itself during the call.
     async fn accept(
         &mut self,
         rx: &mut mpsc::Receiver<Incoming>,
         tone_hz: f64,
         early: Option<(Duration, f64)>,
+        script: &PbxScript,
     ) -> (Outcome, Option<RtpStats>, Option<RtpStats>) {
         let offer = parse_sdp(&self.invite.body).filter(|m| m.addr.port() != 0);
         let chosen = offer
@@ -2132,7 +3221,8 @@ impl UasCall {
                 return (self.reject(rx, 503, None).await, None, None);
             }
         };
-        let rtp_addr = SocketAddr::new(advertised_ip(self.local.ip()), rtp.local_addr().port());
+        let local_host = advertised_ip(self.local.ip());
+        let mut rtp_addr = SocketAddr::new(local_host, rtp.local_addr().port());
         let sdp_session = new_sdp_session();
         let mut sdp_version = sdp_session;
         let pause = Pause::default();
@@ -2142,7 +3232,8 @@ impl UasCall {
             let may_send = direction.sends() && !offer.addr.ip().is_unspecified();
             (direction, may_send)
         };
-        let (direction, may_send) = offer.as_ref().map_or((MediaDir::SendRecv, true), answer_to);
+        let (mut direction, mut may_send) =
+            offer.as_ref().map_or((MediaDir::SendRecv, true), answer_to);
         if !may_send {
             pause.pause();
         }
@@ -2181,7 +3272,28 @@ impl UasCall {
                 return (Outcome::Cancelled, None, early_stats);
             }
         }
-        let ok = self.respond(200, None, Some(&sdp)).await;
+        let timer = timer_answer_headers(&self.invite);
+        self.log.session_expires = session_expires_of(&self.invite)
+            .filter(|_| !timer.is_empty())
+            .map(|(secs, _)| secs);
+        let ok = self.respond_with(200, None, Some(&sdp), &timer).await;
+        self.log.answered_at = Some(SystemTime::now());
+        let answered = Instant::now();
+
+        // Our side of the dialog, for requests of our own (RFC 3261 §12.1.1).
+        let dialog = UaDialog::of_uas(&self.invite, &self.to_tag);
+        let next_hop = dialog.next_hop().unwrap_or(self.source);
+        let contact = self.contact();
+        let mut local_cseq = 0u32;
+        let mut steps: Vec<(Instant, PbxStep)> = Vec::new();
+        if let Some(at) = script.move_rtp {
+            steps.push((answered + at, PbxStep::Move));
+        }
+        // Our re-INVITE in progress (with the socket it moves to), our NOTIFYs, and the ACKs
+        // of the 2xx responses to our re-INVITEs (re-sent for a retransmitted 2xx).
+        let mut reinvite: Option<OutTxn<Option<UdpSocket>>> = None;
+        let mut notifies: Vec<OutTxn<()>> = Vec::new();
+        let mut acks: Vec<(u32, Vec<u8>)> = Vec::new();
 
         let cfg = PlayConfig {
             codec,
@@ -2205,102 +3317,262 @@ impl UasCall {
         // The 2xx to the latest re-INVITE, retransmitted until its ACK like the first one.
         let mut reinvite_ok: Option<Pending2xx> = None;
         let stats = loop {
-            let re_wake = reinvite_ok.as_ref().filter(|p| !p.acked).map(|p| p.next);
+            // Nothing leaves the old port while a move is under way.
+            if may_send && reinvite.as_ref().is_none_or(|r| r.purpose.is_none()) {
+                cfg.pause.resume();
+            } else {
+                cfg.pause.pause();
+            }
+            // A re-INVITE of ours waits until no INVITE transaction is in progress (§14.1).
+            let invite_free =
+                acked && reinvite.is_none() && reinvite_ok.as_ref().is_none_or(|p| p.acked);
+            let eligible = |step: &PbxStep| *step != PbxStep::Move || invite_free;
+            let mut wake: Option<Instant> = steps
+                .iter()
+                .filter(|(_, s)| eligible(s))
+                .map(|(at, _)| *at)
+                .min();
+            let txn_wakes = reinvite
+                .as_ref()
+                .map(OutTxn::wake)
+                .into_iter()
+                .chain(notifies.iter().map(OutTxn::wake))
+                .chain(reinvite_ok.as_ref().and_then(Pending2xx::wake))
+                .chain((!acked).then_some(next));
+            for at in txn_wakes {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
             tokio::select! {
                 s = &mut play => break s,
                 m = rx.recv() => {
                     let Some((msg, from)) = m else { break RtpStats::default() };
                     let cseq = msg.cseq().map(|(n, _)| n);
-                    match msg.method() {
-                        Some("ACK") => match reinvite_ok.as_mut() {
+                    if let Some(code) = msg.code() {
+                        // A response to a request of ours.
+                        if reinvite.as_ref().is_some_and(|r| r.answered_by(&msg)) {
+                            if code < 200 {
+                                if let Some(r) = reinvite.as_mut() {
+                                    r.provisional(Instant::now());
+                                }
+                                continue;
+                            }
+                            let Some(done) = reinvite.take() else { continue };
+                            if code < 300 {
+                                let ack = dialog.request("ACK", done.cseq, self.local);
+                                send(&self.socket, &ack, next_hop).await;
+                                acks.push((done.cseq, ack));
+                                if let Some(socket) = done.purpose {
+                                    if let Ok(local) = socket.local_addr() {
+                                        rtp_addr = SocketAddr::new(local_host, local.port());
+                                        self.log.moved_to = Some(local);
+                                    }
+                                    cfg.steer.move_to(socket);
+                                }
+                                if let Some(answer) = parse_sdp(&msg.body).filter(|m| m.addr.port() != 0) {
+                                    if answer.addr != remote && !answer.addr.ip().is_unspecified() {
+                                        remote = answer.addr;
+                                        cfg.steer.send_to(remote);
+                                    }
+                                }
+                            } else {
+                                // Non-2xx: ACK on its branch (§17.1.1.3); media stays as it was.
+                                let ack = dialog.request_with("ACK", done.cseq, self.local, &InDialog {
+                                    branch: Some(&done.branch),
+                                    ..InDialog::default()
+                                });
+                                send(&self.socket, &ack, next_hop).await;
+                                tracing::debug!(code, "PBX re-INVITE refused");
+                            }
+                        } else if let Some(i) = notifies.iter().position(|t| t.answered_by(&msg)) {
+                            if code < 200 {
+                                notifies[i].provisional(Instant::now());
+                            } else {
+                                notifies.remove(i);
+                                self.log.notify_results.push(code);
+                            }
+                        } else if msg.is_invite_2xx() {
+                            if let Some(ack) = ack_for(&msg, &acks) {
+                                send(&self.socket, ack, next_hop).await;
+                            }
+                        }
+                        continue;
+                    }
+                    self.note(&msg);
+                    let method = msg.method().unwrap_or_default();
+                    match msg.header("to").and_then(|t| header_param(t, "tag")) {
+                        Some(tag) if tag != self.to_tag => {
+                            // Not our dialog, e.g. another fork's (§12.2.2).
+                            if method != "ACK" {
+                                self.answer(&msg, from, 481).await;
+                            }
+                            continue;
+                        }
+                        None if method == "INVITE" => {
+                            // The INVITE again: our 2xx did not arrive yet.
+                            send(&self.socket, &ok, self.target).await;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    match method {
+                        "ACK" => match reinvite_ok.as_mut() {
                             Some(p) if cseq == Some(p.cseq) => p.acked = true,
                             _ => acked = true,
                         },
-                        Some("INVITE") if header_param(msg.header("to").unwrap_or_default(), "tag").is_none() => {
-                            send(&self.socket, &ok, self.target).await;
-                        }
-                        Some("INVITE") => {
-                            if let Some(p) = reinvite_ok.as_ref().filter(|p| cseq == Some(p.cseq)) {
+                        "INVITE" | "UPDATE" => {
+                            if let Some(p) = reinvite_ok.as_ref().filter(|p| method == "INVITE" && cseq == Some(p.cseq)) {
                                 // A retransmission of the re-INVITE we answered.
                                 send(&self.socket, &p.bytes, p.to).await;
                                 continue;
                             }
                             let target = response_target(&msg, from);
-                            let Some(offer) = parse_sdp(&msg.body).filter(|m| m.addr.port() != 0) else {
-                                // No offer (or a removed stream): the demo does not renegotiate that.
+                            let has_offer = !msg.body.trim().is_empty();
+                            if reinvite.is_some() && (method == "INVITE" || has_offer) {
+                                // Our own offer is pending (RFC 3261 §14.2, RFC 3311 §5.2).
+                                self.answer(&msg, from, 491).await;
+                                continue;
+                            }
+                            let mut body = None;
+                            if has_offer {
+                                let Some(offer) = parse_sdp(&msg.body).filter(|m| m.addr.port() != 0) else {
+                                    // No offer (or a removed stream): the demo does not renegotiate that.
+                                    send(&self.socket, &response(&msg, from, 488, &ResponseParts::default()), target).await;
+                                    continue;
+                                };
+                                if offer.addr != remote && !offer.addr.ip().is_unspecified() {
+                                    // The other side moved its media (RFC 3264 §8.3.1).
+                                    remote = offer.addr;
+                                    cfg.steer.send_to(remote);
+                                }
+                                (direction, may_send) = answer_to(&offer);
+                                // Another codec offered first: answer with it and send it from now on.
+                                if let Some((new_pt, new_codec)) = offer.first_codec().filter(|&(_, c)| c != codec) {
+                                    (pt, codec) = (new_pt, new_codec);
+                                    cfg.steer.set_codec(new_codec);
+                                }
+                                sdp_version += 1;
+                                body = Some(sdp_body(rtp_addr, pt, codec, te_pt, (sdp_session, sdp_version), direction));
+                            } else if method == "INVITE" {
+                                // An offerless re-INVITE wants our offer in the 2xx: not done here.
                                 send(&self.socket, &response(&msg, from, 488, &ResponseParts::default()), target).await;
                                 continue;
-                            };
-                            if offer.addr != remote && !offer.addr.ip().is_unspecified() {
-                                // The other side moved its media (RFC 3264 §8.3.1).
-                                remote = offer.addr;
-                                cfg.steer.send_to(remote);
                             }
-                            let (direction, may_send) = answer_to(&offer);
-                            // Another codec offered first: answer with it and send it from now on.
-                            if let Some((new_pt, new_codec)) = offer.first_codec().filter(|&(_, c)| c != codec) {
-                                (pt, codec) = (new_pt, new_codec);
-                                cfg.steer.set_codec(new_codec);
-                            }
-                            sdp_version += 1;
-                            let body = sdp_body(rtp_addr, pt, codec, te_pt, (sdp_session, sdp_version), direction);
-                            let contact = self.contact();
                             let bytes = response(&msg, from, 200, &ResponseParts {
                                 contact: Some(&contact),
-                                sdp: Some(&body),
+                                sdp: body.as_deref(),
+                                headers: &timer_answer_headers(&msg),
                                 ..ResponseParts::default()
                             });
-                            if may_send {
-                                cfg.pause.resume();
-                            } else {
-                                cfg.pause.pause();
-                            }
                             send(&self.socket, &bytes, target).await;
-                            let now = Instant::now();
-                            reinvite_ok = Some(Pending2xx {
-                                cseq: cseq.unwrap_or_default(),
-                                bytes,
-                                to: target,
-                                acked: false,
-                                next: now + T1,
-                                interval: T1,
-                                give_up: now + TIMER_64T1,
-                            });
+                            if method == "INVITE" {
+                                reinvite_ok = Some(Pending2xx::new(cseq.unwrap_or_default(), bytes, target));
+                            }
                         }
-                        Some("BYE") => {
+                        "REFER" => {
+                            // RFC 3515 §2.4.1: exactly one Refer-To.
+                            let Some(refer_to) = msg.header("refer-to").map(str::to_string) else {
+                                self.answer(&msg, from, 400).await;
+                                continue;
+                            };
+                            self.answer_with(&msg, from, 202, &[("Contact".into(), contact.clone())]).await;
+                            self.log.refer_to.push(refer_to);
+                            // The first NOTIFY at once (§2.4.4), the final one when "done".
+                            let refer_cseq = cseq.unwrap_or_default();
+                            local_cseq += 1;
+                            let branch = new_branch();
+                            let state = format!("active;expires={REFER_SUBSCRIPTION_SECS}");
+                            let bytes = self.refer_notify(&dialog, local_cseq, &branch, &contact, &ReferNotify {
+                                refer_cseq,
+                                state: &state,
+                                sipfrag: "SIP/2.0 100 Trying",
+                            });
+                            notifies.push(OutTxn::start(&self.socket, "NOTIFY", bytes, branch, local_cseq, next_hop, ()).await);
+                            steps.push((Instant::now() + script.transfer_delay, PbxStep::TransferDone(refer_cseq)));
+                        }
+                        "BYE" => {
                             self.answer(&msg, from, 200).await;
                             if let Some(t) = stop_tx.take() {
                                 let _ = t.send(());
                             }
                         }
-                        Some(_) => answer_in_dialog(&self.socket, &msg, from).await,
-                        None => {}
+                        // We subscribe to nothing (we send no REFER).
+                        "NOTIFY" => self.answer(&msg, from, 481).await,
+                        _ => answer_in_dialog(&self.socket, &msg, from).await,
                     }
                 }
-                () = tokio::time::sleep_until(re_wake.unwrap_or(next)), if re_wake.is_some() => {
+                () = tokio::time::sleep_until(wake.unwrap_or(give_up)), if wake.is_some() => {
                     let now = Instant::now();
-                    if let Some(p) = reinvite_ok.as_mut() {
-                        if now >= p.give_up {
-                            tracing::debug!("PBX got no ACK for its 2xx to a re-INVITE");
-                            p.acked = true;
+                    if !acked && now >= next {
+                        if now >= give_up {
+                            // No ACK: the UAS should end the dialog (§13.3.1.4); the demo just stops
+                            // retransmitting and keeps playing until BYE or MAX_TALK.
+                            tracing::debug!("PBX got no ACK for its 2xx");
+                            acked = true;
                         } else {
-                            send(&self.socket, &p.bytes, p.to).await;
-                            p.interval = (p.interval * 2).min(T2);
-                            p.next = now + p.interval;
+                            send(&self.socket, &ok, self.target).await;
+                            interval = (interval * 2).min(T2);
+                            next = now + interval;
                         }
                     }
-                }
-                () = tokio::time::sleep_until(next), if !acked => {
-                    let now = Instant::now();
-                    if now >= give_up {
-                        // No ACK: the UAS should end the dialog (§13.3.1.4); the demo just stops
-                        // retransmitting and keeps playing until BYE or MAX_TALK.
-                        tracing::debug!("PBX got no ACK for its 2xx");
-                        acked = true;
-                    } else {
-                        send(&self.socket, &ok, self.target).await;
-                        interval = (interval * 2).min(T2);
-                        next = now + interval;
+                    if let Some(p) = reinvite_ok.as_mut() {
+                        p.tick(&self.socket, now).await;
+                    }
+                    if let Some(r) = reinvite.as_mut() {
+                        match r.tick(now) {
+                            TxnTimer::Idle => {}
+                            TxnTimer::Resend => send(&self.socket, &r.bytes, r.to).await,
+                            TxnTimer::TimedOut => {
+                                tracing::debug!("PBX re-INVITE timed out");
+                                reinvite = None;
+                            }
+                        }
+                    }
+                    let mut timed_out = Vec::new();
+                    for (i, t) in notifies.iter_mut().enumerate() {
+                        match t.tick(now) {
+                            TxnTimer::Idle => {}
+                            TxnTimer::Resend => send(&self.socket, &t.bytes, t.to).await,
+                            TxnTimer::TimedOut => timed_out.push(i),
+                        }
+                    }
+                    for i in timed_out.into_iter().rev() {
+                        notifies.remove(i);
+                        self.log.notify_results.push(408);
+                    }
+                    let Some(due) = steps.iter().position(|(at, s)| *at <= now && eligible(s)) else { continue };
+                    let (_, step) = steps.remove(due);
+                    local_cseq += 1;
+                    let branch = new_branch();
+                    match step {
+                        PbxStep::Move => {
+                            let socket = match UdpSocket::bind(SocketAddr::new(self.local.ip(), 0)).await {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "PBX could not bind a new RTP socket");
+                                    continue;
+                                }
+                            };
+                            let Ok(new_local) = socket.local_addr() else { continue };
+                            let addr = SocketAddr::new(local_host, new_local.port());
+                            sdp_version += 1;
+                            let sdp = sdp_body(addr, pt, codec, te_pt, (sdp_session, sdp_version), direction);
+                            let bytes = dialog.request_with("INVITE", local_cseq, self.local, &InDialog {
+                                branch: Some(&branch),
+                                contact: Some(&contact),
+                                sdp: Some(&sdp),
+                                ..InDialog::default()
+                            });
+                            self.log.move_sent_at = Some(SystemTime::now());
+                            reinvite = Some(OutTxn::start(&self.socket, "INVITE", bytes, branch, local_cseq, next_hop, Some(socket)).await);
+                        }
+                        PbxStep::TransferDone(refer_cseq) => {
+                            let bytes = self.refer_notify(&dialog, local_cseq, &branch, &contact, &ReferNotify {
+                                refer_cseq,
+                                state: "terminated;reason=noresource",
+                                sipfrag: "SIP/2.0 200 OK",
+                            });
+                            notifies.push(OutTxn::start(&self.socket, "NOTIFY", bytes, branch, local_cseq, next_hop, ()).await);
+                        }
                     }
                 }
             }
@@ -2326,19 +3598,26 @@ async fn run_uas_call(
     call.respond(100, None, None).await;
     let (outcome, rtp, early_rtp) = match answer {
         Answer::Accept { ring, tone_hz } => {
-            call.respond(180, None, None).await;
-            match call.wait_or_cancel(&mut rx, ring).await {
-                Waited::Cancelled => (Outcome::Cancelled, None, None),
-                Waited::Elapsed => call.accept(&mut rx, tone_hz, None).await,
-            }
+            call.ring_then_accept(&mut rx, ring, tone_hz, &PbxScript::default())
+                .await
         }
+        Answer::Scripted {
+            ring,
+            tone_hz,
+            script,
+        } => call.ring_then_accept(&mut rx, ring, tone_hz, &script).await,
         Answer::EarlyMedia {
             early,
             early_tone_hz,
             tone_hz,
         } => {
-            call.accept(&mut rx, tone_hz, Some((early, early_tone_hz)))
-                .await
+            call.accept(
+                &mut rx,
+                tone_hz,
+                Some((early, early_tone_hz)),
+                &PbxScript::default(),
+            )
+            .await
         }
         Answer::Reject { code, reason } => {
             // Only final error codes make sense here; anything else becomes 500.
@@ -2356,6 +3635,40 @@ async fn run_uas_call(
                 Waited::Elapsed => (call.reject(&mut rx, 408, None).await, None, None),
             }
         }
+        Answer::Forked {
+            ring,
+            tone_hz,
+            forks,
+            winner,
+        } => {
+            // One early dialog per fork: its own To tag and Contact (RFC 3261 §12.1.1).
+            let tags: Vec<String> = (0..forks.max(2)).map(|_| new_token()).collect();
+            for (i, tag) in tags.iter().enumerate() {
+                call.to_tag = tag.clone();
+                call.fork = Some(i + 1);
+                call.respond(180, None, None).await;
+            }
+            let w = usize::from(winner).min(tags.len() - 1);
+            call.to_tag = tags[w].clone();
+            call.fork = Some(w + 1);
+            match call.wait_or_cancel(&mut rx, ring).await {
+                Waited::Cancelled => (Outcome::Cancelled, None, None),
+                Waited::Elapsed => {
+                    call.accept(&mut rx, tone_hz, None, &PbxScript::default())
+                        .await
+                }
+            }
+        }
+        Answer::Challenge {
+            code,
+            realm,
+            credentials,
+            ring,
+            tone_hz,
+        } => {
+            call.challenge(&mut rx, code, &realm, &credentials, ring, tone_hz)
+                .await
+        }
     };
     UasCallReport {
         call_id: call.invite.call_id().unwrap_or_default().to_string(),
@@ -2365,6 +3678,17 @@ async fn run_uas_call(
         rtp,
         early_rtp,
         received_headers: call.invite.headers.clone(),
+        to_tag: call.to_tag,
+        early_tags: call.log.early_tags,
+        requests: call.log.requests,
+        answered_at: call.log.answered_at,
+        challenges: call.log.challenges,
+        authorized_user: call.log.authorized_user,
+        session_expires: call.log.session_expires,
+        move_sent_at: call.log.move_sent_at,
+        moved_to: call.log.moved_to,
+        refer_to: call.log.refer_to,
+        notify_results: call.log.notify_results,
     }
 }
 
@@ -2974,5 +4298,440 @@ Via: SIP/2.0/UDP h.example;branch=z9hG4bKc\r\nSubject: folded\r\n  line\r\ni: ab
         assert_eq!(m.telephone_event_pt(), None);
         assert!(parse_sdp("v=0\r\nm=audio 5000 RTP/AVP 0\r\n").is_none());
         assert!(parse_sdp("m=audio x RTP/AVP 0\r\nc=IN IP4 1.2.3.4\r\n").is_none());
+    }
+
+    fn seen<'a>(uas: &'a UasCallReport, method: &str) -> Vec<&'a SeenRequest> {
+        uas.requests.iter().filter(|r| r.method == method).collect()
+    }
+
+    /// A forking PBX: two early dialogs reach the phone, the second fork answers, and the
+    /// phone's ACK and BYE are in the winner's dialog, to its Contact.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn forked_call_is_answered_in_the_winning_dialog() {
+        let (pbx_addr, mut pbx) = pbx_with(Answer::Forked {
+            ring: Duration::from_millis(100),
+            tone_hz: 1000.0,
+            forks: 2,
+            winner: 1,
+        })
+        .await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.talk = Duration::from_millis(400);
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Answered);
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        assert_eq!(uas.outcome, Outcome::Answered);
+        assert_eq!(uas.early_tags.len(), 2, "{:?}", uas.early_tags);
+        assert_ne!(uas.early_tags[0], uas.early_tags[1]);
+        assert_eq!(report.early_tags, uas.early_tags, "the phone saw both");
+        assert_eq!(uas.to_tag, uas.early_tags[1], "the second fork won");
+        assert_eq!(report.to_tag.as_deref(), Some(uas.to_tag.as_str()));
+        for method in ["ACK", "BYE"] {
+            let reqs = seen(&uas, method);
+            assert_eq!(reqs.len(), 1, "{method}: {:?}", uas.requests);
+            assert_eq!(reqs[0].to_tag.as_deref(), Some(uas.to_tag.as_str()));
+            assert!(reqs[0].uri.ends_with(";fork=2"), "{}", reqs[0].uri);
+        }
+        assert!(report.rtp.unwrap().received >= 15);
+        assert!(uas.rtp.unwrap().received >= 15);
+    }
+
+    /// A request in another fork's dialog is refused 481 (RFC 3261 §12.2.2).
+    #[tokio::test]
+    async fn pbx_refuses_requests_of_another_dialog() {
+        let (pbx_addr, _pbx) = pbx_with(Answer::Accept {
+            ring: Duration::ZERO,
+            tone_hz: 1000.0,
+        })
+        .await;
+        let raw = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let me = raw.local_addr().unwrap();
+        let sdp = build_sdp(me, 0, Codec::Pcmu, None);
+        let invite = format!(
+            "INVITE sip:bob@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKf1\r\n\
+             From: <sip:eve@x>;tag=9\r\nTo: <sip:bob@x>\r\nCall-ID: fork-1\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:eve@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        raw.send_to(invite.as_bytes(), pbx_addr).await.unwrap();
+        let ok = loop {
+            let m = recv_msg(&raw).await.0;
+            if m.code() == Some(200) {
+                break m;
+            }
+        };
+        assert!(header_param(ok.header("to").unwrap(), "tag").is_some());
+        let bye = format!(
+            "BYE sip:bob@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKf2\r\n\
+             From: <sip:eve@x>;tag=9\r\nTo: <sip:bob@x>;tag=not-ours\r\nCall-ID: fork-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        raw.send_to(bye.as_bytes(), pbx_addr).await.unwrap();
+        let r = loop {
+            let m = recv_msg(&raw).await.0;
+            if m.cseq().is_some_and(|(_, m)| m == "BYE") {
+                break m;
+            }
+        };
+        assert_eq!(r.code(), Some(481));
+    }
+
+    fn challenge(code: u16, password: &str) -> Answer {
+        Answer::Challenge {
+            code,
+            realm: "pbx.example".into(),
+            credentials: Credentials {
+                user: "alice".into(),
+                password: password.into(),
+            },
+            ring: Duration::ZERO,
+            tone_hz: 1000.0,
+        }
+    }
+
+    /// 407 (and 401): the phone ACKs the challenge and sends the INVITE again with credentials
+    /// (same Call-ID and From tag, CSeq 2, new branch); the PBX checks them and answers.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn digest_challenge_is_answered_with_credentials() {
+        for (code, header) in [(407, "Proxy-Authorization"), (401, "Authorization")] {
+            let (pbx_addr, mut pbx) = pbx_with(challenge(code, "s3cret")).await;
+            let phone = Phone::bind(LOCALHOST).await.unwrap();
+            let mut s = spec("bob");
+            s.talk = Duration::from_millis(300);
+            s.credentials = Some(Credentials {
+                user: "alice".into(),
+                password: "s3cret".into(),
+            });
+            let report = phone.call(pbx_addr, &s).await.unwrap();
+            assert_eq!(report.outcome, Outcome::Answered, "{code}");
+            assert_eq!(report.auth_challenge, Some(code));
+            let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+            assert_eq!(uas.outcome, Outcome::Answered);
+            assert_eq!(uas.call_id, report.call_id);
+            assert_eq!(uas.challenges, 1);
+            assert_eq!(uas.authorized_user.as_deref(), Some("alice"));
+            let got = |name: &str| {
+                uas.received_headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            assert_eq!(got("CSeq"), "2 INVITE");
+            assert!(
+                got(header).starts_with("Digest username=\"alice\""),
+                "{}",
+                got(header)
+            );
+            assert!(got(header).contains("algorithm=SHA-256"));
+            // The challenge was ACKed (CSeq 1), then the answer (CSeq 2).
+            let acks: Vec<u32> = seen(&uas, "ACK").iter().map(|r| r.cseq).collect();
+            assert_eq!(acks, vec![1, 2], "{:?}", uas.requests);
+            assert!(report.rtp.unwrap().received >= 10);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn wrong_credentials_are_forbidden_and_none_leave_the_challenge() {
+        let (pbx_addr, mut pbx) = pbx_with(challenge(407, "right")).await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.credentials = Some(Credentials {
+            user: "alice".into(),
+            password: "wrong".into(),
+        });
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Rejected(403));
+        assert_eq!(report.auth_challenge, Some(407));
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        assert_eq!(uas.outcome, Outcome::Rejected(403));
+        assert_eq!(uas.authorized_user, None);
+        // Without credentials the phone reports the challenge itself.
+        s.credentials = None;
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Rejected(407));
+        assert_eq!(report.auth_challenge, None);
+    }
+
+    #[test]
+    fn digest_credentials_verify_and_tampering_fails() {
+        let creds = Credentials {
+            user: "alice".into(),
+            password: "pw".into(),
+        };
+        let challenge = "Digest realm=\"r\", nonce=\"n1\", algorithm=SHA-256, qop=\"auth\"";
+        let value = authorization(challenge, &creds, "INVITE", "sip:bob@h").unwrap();
+        assert!(authorization_valid(
+            &value,
+            &creds,
+            "r",
+            "n1",
+            "INVITE",
+            "sip:bob@h"
+        ));
+        assert!(!authorization_valid(
+            &value,
+            &creds,
+            "r",
+            "n2",
+            "INVITE",
+            "sip:bob@h"
+        ));
+        assert!(!authorization_valid(
+            &value,
+            &creds,
+            "r",
+            "n1",
+            "INVITE",
+            "sip:eve@h"
+        ));
+        let other = Credentials {
+            password: "other".into(),
+            ..creds.clone()
+        };
+        assert!(!authorization_valid(
+            &value,
+            &other,
+            "r",
+            "n1",
+            "INVITE",
+            "sip:bob@h"
+        ));
+        // MD5 (the default algorithm) is not answered: we only do SHA-256.
+        assert!(authorization(
+            "Digest realm=\"r\", nonce=\"n\"",
+            &creds,
+            "INVITE",
+            "sip:b@h"
+        )
+        .is_none());
+        assert!(authorization("Basic realm=\"r\"", &creds, "INVITE", "sip:b@h").is_none());
+        // RFC 7616 §3.9.1 example, SHA-256 part (qop=auth, nc=00000001).
+        let rfc = digest_response(
+            &Credentials {
+                user: "Mufasa".into(),
+                password: "Circle of Life".into(),
+            },
+            "http-auth@example.org",
+            "GET",
+            "/dir/index.html",
+            "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+            Some(("00000001", "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ")),
+        );
+        assert_eq!(
+            rfc,
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+    }
+
+    /// The phone REFERs the PBX; the PBX accepts (202) and NOTIFYs 100 then 200, and the phone
+    /// hangs up on the 200.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn refer_is_accepted_notified_and_the_transferor_hangs_up() {
+        let (pbx_addr, mut pbx) = pbx_with(Answer::Scripted {
+            ring: Duration::ZERO,
+            tone_hz: 1000.0,
+            script: PbxScript {
+                transfer_delay: Duration::from_millis(300),
+                ..PbxScript::default()
+            },
+        })
+        .await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.talk = Duration::from_secs(3);
+        s.refer = Some((Duration::from_millis(300), "0299999999".into()));
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Answered);
+        assert_eq!(report.refer_status, Some(202));
+        assert_eq!(
+            report.notifies,
+            vec!["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]
+        );
+        let answered = report.answered_at.unwrap();
+        let refer = report
+            .refer_sent_at
+            .unwrap()
+            .duration_since(answered)
+            .unwrap();
+        let bye = report
+            .bye_sent_at
+            .unwrap()
+            .duration_since(answered)
+            .unwrap();
+        assert!(
+            refer.abs_diff(Duration::from_millis(300)) < Duration::from_millis(60),
+            "{refer:?}"
+        );
+        // Hung up on the final NOTIFY, about 300 ms after the REFER, not after 3 s of talk.
+        assert!(
+            bye.abs_diff(Duration::from_millis(600)) < Duration::from_millis(150),
+            "{bye:?}"
+        );
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        assert_eq!(uas.refer_to, vec![format!("<sip:0299999999@{pbx_addr}>")]);
+        assert_eq!(uas.notify_results, vec![200, 200]);
+        let refer_req = seen(&uas, "REFER");
+        assert_eq!(refer_req.len(), 1);
+        assert_eq!(refer_req[0].cseq, 2);
+        assert!(refer_req[0].header("referred-by").is_some());
+        assert_eq!(seen(&uas, "BYE")[0].cseq, 3);
+    }
+
+    /// The PBX moves its RTP with a re-INVITE: the phone answers, sends to the new port, and
+    /// hears the PBX throughout.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pbx_moves_its_rtp_with_a_reinvite_and_the_phone_follows() {
+        let (pbx_addr, mut pbx) = pbx_with(Answer::Scripted {
+            ring: Duration::ZERO,
+            tone_hz: 1000.0,
+            script: PbxScript {
+                move_rtp: Some(Duration::from_millis(600)),
+                ..PbxScript::default()
+            },
+        })
+        .await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.talk = Duration::from_millis(1400);
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Answered);
+        assert_eq!(
+            report.remote_updates_at.len(),
+            1,
+            "the phone answered one re-INVITE"
+        );
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        let moved_to = uas.moved_to.expect("the move was answered");
+        let pbx_rtp = uas.rtp.clone().unwrap();
+        // About 40 of the phone's 70 packets reached the PBX's new socket.
+        assert!(
+            (35..=42).contains(&pbx_rtp.received_after_move),
+            "{pbx_rtp:?}"
+        );
+        assert!(pbx_rtp.received >= 65, "{pbx_rtp:?}");
+        assert!(pbx_rtp.paused <= 1, "{pbx_rtp:?}");
+        let rtp = report.rtp.unwrap();
+        assert!(rtp.received >= 65, "{rtp:?}");
+        // The PBX got one ACK (of its 200 OK); the move's ACK went the other way.
+        assert_eq!(seen(&uas, "ACK").len(), 1, "{:?}", uas.requests);
+        assert_ne!(moved_to.port(), 0);
+        let moved = uas
+            .move_sent_at
+            .unwrap()
+            .duration_since(uas.answered_at.unwrap())
+            .unwrap();
+        assert!(
+            moved.abs_diff(Duration::from_millis(600)) < Duration::from_millis(60),
+            "{moved:?}"
+        );
+    }
+
+    /// Session timer: the PBX grants `Session-Expires` with `refresher=uac`; the phone refreshes
+    /// at half the interval by UPDATE or re-INVITE, each granted again; without `refresh` it
+    /// never does.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn session_timer_is_granted_and_refreshed() {
+        for refresh in [Some(Refresh::Update), Some(Refresh::ReInvite), None] {
+            let (pbx_addr, mut pbx) = pbx_with(Answer::Accept {
+                ring: Duration::ZERO,
+                tone_hz: 1000.0,
+            })
+            .await;
+            let phone = Phone::bind(LOCALHOST).await.unwrap();
+            let mut s = spec("bob");
+            s.talk = Duration::from_millis(1300);
+            s.session_timer = Some(SessionTimer {
+                expires: 1,
+                refresh,
+            });
+            let report = phone.call(pbx_addr, &s).await.unwrap();
+            assert_eq!(report.session_expires, Some(1), "{refresh:?}");
+            assert!(report.refresher_is_us);
+            let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+            assert_eq!(uas.session_expires, Some(1));
+            let invite_has = |name: &str, value: &str| {
+                uas.received_headers
+                    .iter()
+                    .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
+            };
+            assert!(invite_has("Supported", "timer"));
+            assert!(invite_has("Session-Expires", "1;refresher=uac"));
+            let answered = report.answered_at.unwrap();
+            let sent: Vec<u128> = report
+                .refreshes_sent_at
+                .iter()
+                .map(|t| t.duration_since(answered).unwrap().as_millis())
+                .collect();
+            let Some(how) = refresh else {
+                assert!(sent.is_empty(), "{sent:?}");
+                assert!(seen(&uas, "UPDATE").is_empty() && seen(&uas, "INVITE").is_empty());
+                continue;
+            };
+            // At 0.5 s and 1.0 s (each half an interval after the previous grant).
+            assert_eq!(sent.len(), 2, "{how:?}: {sent:?}");
+            assert!(
+                (480..=600).contains(&sent[0]) && (960..=1150).contains(&sent[1]),
+                "{sent:?}"
+            );
+            assert_eq!(report.refresh_results, vec![200, 200]);
+            let method = if how == Refresh::Update {
+                "UPDATE"
+            } else {
+                "INVITE"
+            };
+            let reqs = seen(&uas, method);
+            assert_eq!(reqs.len(), 2, "{:?}", uas.requests);
+            for r in reqs {
+                assert_eq!(r.header("session-expires"), Some("1;refresher=uac"));
+            }
+            if how == Refresh::ReInvite {
+                // The refreshing re-INVITEs repeat the SDP unchanged, `o=` version included.
+                assert_eq!(seen(&uas, "ACK").len(), 3);
+            }
+            assert!(report.rtp.unwrap().received >= 55);
+        }
+    }
+
+    #[test]
+    fn uri_addresses_and_session_expires_parse() {
+        assert_eq!(
+            uri_addr("sip:alice@127.0.0.1:5070;transport=udp"),
+            Some("127.0.0.1:5070".parse().unwrap())
+        );
+        assert_eq!(
+            uri_addr("sip:127.0.0.1;lr"),
+            Some("127.0.0.1:5060".parse().unwrap())
+        );
+        assert_eq!(
+            uri_addr("sips:[::1]:5071;lr"),
+            Some("[::1]:5071".parse().unwrap())
+        );
+        assert_eq!(uri_addr("sip:bob@pbx.example"), None);
+        assert_eq!(uri_addr("tel:+358401"), None);
+        let req = |extra: &str| {
+            SipMsg::parse(format!("UPDATE sip:a@b SIP/2.0\r\nCall-ID: x\r\n{extra}\r\n").as_bytes())
+                .unwrap()
+        };
+        let m = req("x: 90;refresher=UAS\r\nk: 100rel, timer\r\n");
+        assert_eq!(session_expires_of(&m), Some((90, Some(Refresher::Uas))));
+        // We never refresh ourselves: a request asking us to gets no timer.
+        assert!(timer_answer_headers(&m).is_empty());
+        let m = req("Session-Expires: 30\r\nSupported: timer\r\n");
+        assert_eq!(
+            timer_answer_headers(&m),
+            vec![
+                (
+                    "Session-Expires".to_string(),
+                    "30;refresher=uac".to_string()
+                ),
+                ("Require".to_string(), "timer".to_string())
+            ]
+        );
+        assert!(timer_answer_headers(&req("Session-Expires: 30\r\n")).is_empty());
+        assert_eq!(
+            sipfrag_status("SIP/2.0 180 Ringing\r\n"),
+            Some(("SIP/2.0 180 Ringing".to_string(), 180))
+        );
     }
 }
