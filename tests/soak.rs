@@ -1,12 +1,15 @@
 //! Bounded soak: 10,000 mixed calls (answered and hung up, rejected 486, cancelled while ringing)
 //! through the real daemon from four phones at once, signalling only, then the leak check: no
-//! call, dialog or media port left when the daemon is stopped, and one sidecar per call with the
-//! right outcome. Bounded in count and time (each call waits at most 5 s for any answer).
+//! call, dialog, media port or TCP connection left when the daemon is stopped, and one sidecar
+//! per call with the right outcome. Two phones use UDP; two use TCP to a PBX on UDP, one keeping
+//! its connection for all its calls, one opening a new connection per call. Bounded in count and
+//! time (each call waits at most 5 s for any answer).
 
 mod support;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,40 +116,105 @@ struct Req<'a> {
     body: &'a str,
 }
 
+/// How a phone reaches the proxy.
+enum Link {
+    Udp(UdpSocket),
+    /// A connection and the bytes read from it that are not yet a whole message.
+    Tcp(TcpStream, Vec<u8>),
+}
+
 struct Phone {
-    sock: UdpSocket,
+    link: Link,
     me: SocketAddr,
     proxy: SocketAddr,
     buf: Vec<u8>,
 }
 
 impl Phone {
-    fn send(&self, text: &str) {
-        self.sock.send_to(text.as_bytes(), self.proxy).unwrap();
+    fn udp(proxy: SocketAddr) -> Phone {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = sock.local_addr().unwrap();
+        Phone {
+            link: Link::Udp(sock),
+            me,
+            proxy,
+            buf: vec![0u8; 65536],
+        }
+    }
+
+    fn tcp(proxy: SocketAddr) -> Phone {
+        let conn = TcpStream::connect(proxy).unwrap();
+        conn.set_nodelay(true).unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = conn.local_addr().unwrap();
+        Phone {
+            link: Link::Tcp(conn, Vec::new()),
+            me,
+            proxy,
+            buf: vec![0u8; 65536],
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        match &mut self.link {
+            Link::Udp(sock) => {
+                sock.send_to(text.as_bytes(), self.proxy).unwrap();
+            }
+            Link::Tcp(conn, _) => conn.write_all(text.as_bytes()).unwrap(),
+        }
+    }
+
+    /// The next message, if one arrives within the read timeout.
+    fn recv(&mut self) -> Option<Message> {
+        match &mut self.link {
+            Link::Udp(sock) => {
+                let (n, _) = sock.recv_from(&mut self.buf).ok()?;
+                parse(&self.buf[..n])
+            }
+            Link::Tcp(conn, pending) => loop {
+                if let Ok((m, used)) = Message::parse_stream(pending) {
+                    pending.drain(..used);
+                    return Some(m);
+                }
+                let n = conn.read(&mut self.buf).ok().filter(|&n| n > 0)?;
+                pending.extend_from_slice(&self.buf[..n]);
+            },
+        }
     }
 
     /// Waits for a response to `call_id` with status `code` (and method), skipping others.
     fn expect(&mut self, call_id: &str, code: u16, method: &str) -> Message {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok((n, _)) = self.sock.recv_from(&mut self.buf) {
-                if let Some(m) = parse(&self.buf[..n]) {
-                    if m.call_id() == Some(call_id)
-                        && m.status() == Some(code)
-                        && m.cseq().map(|(_, meth)| meth) == Some(method)
-                    {
-                        return m;
-                    }
+            if let Some(m) = self.recv() {
+                if m.call_id() == Some(call_id)
+                    && m.status() == Some(code)
+                    && m.cseq().map(|(_, meth)| meth) == Some(method)
+                {
+                    return m;
                 }
             }
         }
-        panic!("{call_id}: no {code} to {method}");
+        panic!(
+            "{call_id}: no {code} to {method}; pending {:?}",
+            match &self.link {
+                Link::Tcp(_, p) => String::from_utf8_lossy(p).to_string(),
+                _ => String::new(),
+            }
+        );
     }
 
     fn request(&self, r: Req<'_>) -> String {
         let me = self.me;
+        let transport = match self.link {
+            Link::Udp(_) => "UDP",
+            Link::Tcp(..) => "TCP",
+        };
         let mut out = format!(
-            "{} {} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={};rport\r\nMax-Forwards: 70\r\n",
+            "{} {} SIP/2.0\r\nVia: SIP/2.0/{transport} {me};branch={};rport\r\nMax-Forwards: 70\r\n",
             r.method, r.uri, r.branch
         );
         if let Some(route) = r.route {
@@ -176,6 +244,11 @@ impl Phone {
         out
     }
 
+    fn send_req(&mut self, r: Req<'_>) {
+        let text = self.request(r);
+        self.send(&text);
+    }
+
     fn call(&mut self, kind: char, call_id: &str) {
         let uri = format!("sip:{kind}0295120000@127.0.0.1");
         let branch = format!("z9hG4bK{call_id}");
@@ -189,11 +262,15 @@ impl Phone {
             route: None,
             body: SDP,
         };
-        self.send(&self.request(invite));
+        let text = self.request(invite);
+        self.send(&text);
         match kind {
             'a' => {
                 let ok = self.expect(call_id, 200, "INVITE");
-                let route = ok.header("Record-Route").map(str::to_string);
+                // The route set: Record-Route in reverse (two entries when transports differ).
+                let mut rr: Vec<&str> = ok.header_all("Record-Route").collect();
+                rr.reverse();
+                let route = (!rr.is_empty()).then(|| rr.join(","));
                 let tag = ok.to_tag().unwrap_or_default().to_string();
                 let in_dialog = Req {
                     uri: "sip:pbx@127.0.0.1",
@@ -203,45 +280,45 @@ impl Phone {
                     ..invite
                 };
                 let (ack_branch, bye_branch) = (format!("{branch}a"), format!("{branch}b"));
-                self.send(&self.request(Req {
+                self.send_req(Req {
                     method: "ACK",
                     branch: &ack_branch,
                     ..in_dialog
-                }));
-                self.send(&self.request(Req {
+                });
+                self.send_req(Req {
                     method: "BYE",
                     branch: &bye_branch,
                     cseq: 2,
                     ..in_dialog
-                }));
+                });
                 self.expect(call_id, 200, "BYE");
             }
             'b' => {
                 let busy = self.expect(call_id, 486, "INVITE");
                 let tag = busy.to_tag().unwrap_or_default().to_string();
-                self.send(&self.request(Req {
+                self.send_req(Req {
                     method: "ACK",
                     to_tag: Some(&tag),
                     body: "",
                     ..invite
-                }));
+                });
             }
             _ => {
                 self.expect(call_id, 180, "INVITE");
-                self.send(&self.request(Req {
+                self.send_req(Req {
                     method: "CANCEL",
                     body: "",
                     ..invite
-                }));
+                });
                 self.expect(call_id, 200, "CANCEL");
                 let term = self.expect(call_id, 487, "INVITE");
                 let tag = term.to_tag().unwrap_or_default().to_string();
-                self.send(&self.request(Req {
+                self.send_req(Req {
                     method: "ACK",
                     to_tag: Some(&tag),
                     body: "",
                     ..invite
-                }));
+                });
             }
         }
     }
@@ -260,9 +337,21 @@ fn ten_thousand_mixed_calls_leave_no_call_dialog_or_port_behind() {
     // The four phones share 127.0.0.1: lift the per-source flood limit for this test.
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("[media]", "max_rate = 100000\n\n[media]");
+        .replace("[media]", "max_rate = 100000\n\n[media]")
+        .replace(
+            "listen = [\"udp:127.0.0.1:0\"]",
+            "listen = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]",
+        );
     std::fs::write(&config, text).unwrap();
     let mut daemon = Daemon::start(&config);
+    let tcp_addr: SocketAddr = daemon
+        .log_text()
+        .lines()
+        .find_map(|l| l.split(",tcp:").nth(1))
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .expect("tcp address in the listening line")
+        .parse()
+        .unwrap();
     let stop = Arc::new(AtomicUsize::new(0));
     let pbx_thread = {
         let stop = Arc::clone(&stop);
@@ -272,16 +361,11 @@ fn ten_thousand_mixed_calls_leave_no_call_dialog_or_port_behind() {
     let phones: Vec<_> = (0..PHONES)
         .map(|p| {
             let proxy = daemon.sip;
+            let proxy_tcp = tcp_addr;
             std::thread::spawn(move || {
-                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-                sock.set_read_timeout(Some(Duration::from_millis(200)))
-                    .unwrap();
-                let me = sock.local_addr().unwrap();
-                let mut phone = Phone {
-                    sock,
-                    me,
-                    proxy,
-                    buf: vec![0u8; 65536],
+                let mut phone = match p {
+                    0 | 1 => Phone::udp(proxy),
+                    _ => Phone::tcp(proxy_tcp),
                 };
                 for i in 0..CALLS_PER_PHONE {
                     // 60 % answered, 20 % busy, 20 % cancelled.
@@ -291,12 +375,18 @@ fn ten_thousand_mixed_calls_leave_no_call_dialog_or_port_behind() {
                         _ => 'r',
                     };
                     phone.call(kind, &format!("soak-{p}-{i}"));
+                    if p == 3 {
+                        // A new connection for every call: the daemon must let each go.
+                        phone = Phone::tcp(proxy_tcp);
+                    }
                 }
             })
         })
         .collect();
     for phone in phones {
-        phone.join().expect("phone thread");
+        if phone.join().is_err() {
+            panic!("phone failed; log:\n{}", daemon.log_text());
+        }
     }
     let signalling = started.elapsed();
     stop.store(1, Ordering::Relaxed);
@@ -344,7 +434,12 @@ fn ten_thousand_mixed_calls_leave_no_call_dialog_or_port_behind() {
         .find(|l| l.contains("state at shutdown"))
         .expect("shutdown state logged");
     eprintln!("{total} calls of signalling in {signalling:?}; {line}");
-    for leak_free in ["active_calls=0", "media_port_pairs=0", "dialogs=0"] {
+    for leak_free in [
+        "active_calls=0",
+        "media_port_pairs=0",
+        "dialogs=0",
+        "tcp_connections=0",
+    ] {
         assert!(line.contains(leak_free), "{leak_free} expected: {line}");
     }
 }

@@ -99,7 +99,7 @@ pub struct ProxyConfig {
     pub local: Vec<SocketAddr>,
     /// The PBX: requests from other sources go there; its own requests go by Route/Request-URI.
     /// Over UDP it is recognised by address and port; over TCP (where its connections come from
-    /// ephemeral ports) by address.
+    /// ephemeral ports) by address plus its Via sent-by, or as the connection we opened to it.
     pub pbx: Vec<Peer>,
     /// Messages per second accepted from one source address other than the PBX.
     pub max_rate: u32,
@@ -390,12 +390,10 @@ impl Proxy {
     /// port the peer listens on, also in its Contact): that address is an alias of the
     /// connection. Only the same IP counts, so nobody can claim another host's address.
     fn note_alias(&mut self, from: Peer, req: &Message) {
-        let Some(via) = req.top_via() else { return };
-        let Ok(ip) = via.host.parse::<IpAddr>() else {
+        let Some(alias) = via_sent_by(req) else {
             return;
         };
-        let alias = SocketAddr::new(ip, via.port.unwrap_or(5060));
-        if ip == from.addr.ip() && alias != from.addr {
+        if alias.ip() == from.addr.ip() && alias != from.addr {
             self.out.push_back(Output::Alias {
                 alias,
                 conn: from.addr,
@@ -560,6 +558,7 @@ impl Proxy {
         let call_id = req.call_id().unwrap_or_default().to_string();
         let initial = req.to_tag().is_none();
         let party = self.request_party(from, &req, &method, initial, &call_id);
+        let from_pbx = self.is_pbx(from, &req);
 
         let dest = match self.route(from, &mut req) {
             Ok(dest) => dest,
@@ -583,7 +582,7 @@ impl Proxy {
         // so that the PBX's requests to it (and so its calls) come back through the proxy. A
         // registrar may refuse Path for a UA that did not say `Supported: path` (§5.3), so it is
         // added only then.
-        if method == "REGISTER" && !self.is_pbx(from) && supports(&req, "path") {
+        if method == "REGISTER" && !self.is_pbx(from, &req) && supports(&req, "path") {
             req.push_header_top("Path", &self.own_uri(dest.transport));
         }
         let branch = self.new_branch();
@@ -611,7 +610,7 @@ impl Proxy {
             },
         );
         if invite && initial {
-            self.emit_invite(now, from, &req, &call_id);
+            self.emit_invite(now, from, from_pbx, &req, &call_id);
             // RFC 3891: this INVITE takes over another call of ours (attended transfer).
             let replaced = req
                 .header("Replaces")
@@ -714,7 +713,14 @@ impl Proxy {
         })
     }
 
-    fn emit_invite(&mut self, now: Instant, from: Peer, req: &Message, call_id: &str) {
+    fn emit_invite(
+        &mut self,
+        now: Instant,
+        from: Peer,
+        from_pbx: bool,
+        req: &Message,
+        call_id: &str,
+    ) {
         let user_of = |uri: &str| parse_uri(uri).ok().and_then(|u| u.user);
         let header_user = |name: &str| {
             req.values(name)
@@ -723,7 +729,7 @@ impl Proxy {
                 .and_then(|na| user_of(&na.uri))
         };
         let info = InviteInfo {
-            from_pbx: self.is_pbx(from),
+            from_pbx,
             source: from.addr,
             request_uri_user: req.request_uri().and_then(user_of),
             to_user: header_user("To"),
@@ -1322,12 +1328,17 @@ impl Proxy {
         }
     }
 
-    /// Whether a message comes from the PBX: over UDP by address and port; over TCP by address
-    /// (its connections come from ephemeral ports).
-    fn is_pbx(&self, from: Peer) -> bool {
+    /// Whether a request comes from the PBX. Over UDP by source address and port. Over TCP the
+    /// PBX's own connections come from ephemeral ports, so: a connection we opened to it, or one
+    /// from its IP whose request names the PBX's address in its Via sent-by (a phone on the
+    /// PBX's host has another port there).
+    fn is_pbx(&self, from: Peer, req: &Message) -> bool {
         self.cfg.pbx.iter().any(|p| match from.transport {
             Transport::Udp => p.addr == from.addr,
-            Transport::Tcp => p.addr.ip() == from.addr.ip(),
+            Transport::Tcp => {
+                p.addr == from.addr
+                    || (p.addr.ip() == from.addr.ip() && via_sent_by(req) == Some(p.addr))
+            }
         })
     }
 
@@ -1370,7 +1381,7 @@ impl Proxy {
         }
         // Everything from the phone side goes to the PBX (which anchors every dialog); only the
         // PBX's own requests are routed by their Request-URI.
-        if self.is_pbx(from) {
+        if self.is_pbx(from, req) {
             let uri = req.request_uri().unwrap_or_default().to_string();
             let dest = uri_destination(&uri)?;
             if !self.is_local(dest.addr) {
@@ -1569,6 +1580,13 @@ pub fn uri_destination(uri: &str) -> Result<Peer, RouteError> {
         transport,
         addr: SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
     })
+}
+
+/// The top Via's sent-by, when it is an IP literal (default port 5060).
+fn via_sent_by(msg: &Message) -> Option<SocketAddr> {
+    let via = msg.top_via()?;
+    let ip: IpAddr = via.host.parse().ok()?;
+    Some(SocketAddr::new(ip, via.port.unwrap_or(5060)))
 }
 
 /// Where a response goes by its Via (RFC 3261 §18.2.2 with RFC 3581 rport): over TCP to the

@@ -1375,6 +1375,16 @@ fn the_pbx_on_tcp_is_known_by_its_address_from_any_port() {
     let (sends, events) = h.input_on(tcp("192.0.2.5:39999"), &out);
     assert_eq!(sends[1].0, udp(PHONE), "{sends:?}");
     assert!(matches!(&events[0].kind, CallEventKind::Invite(i) if i.from_pbx));
+    // A phone on the PBX's host (another port in its Via) is a phone: its call goes to the PBX.
+    let softphone = invite()
+        .replace(
+            "SIP/2.0/UDP 198.51.100.7:5060",
+            "SIP/2.0/TCP 192.0.2.5:5062",
+        )
+        .replace("call-1@", "call-3@");
+    let (sends, events) = h.input_on(tcp("192.0.2.5:40001"), &softphone);
+    assert_eq!(sends[1].0, tcp(PBX), "{sends:?}");
+    assert!(matches!(&events[0].kind, CallEventKind::Invite(i) if !i.from_pbx));
 }
 
 #[test]
