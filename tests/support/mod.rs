@@ -342,3 +342,57 @@ impl Setup {
             .expect("PBX saw the call end")
     }
 }
+
+/// Samples `[from_s, to_s)` of a channel at `rate`.
+pub fn span_at(ch: &[i16], rate: u32, from_s: f64, to_s: f64) -> &[i16] {
+    let at = |s: f64| ((s * f64::from(rate)) as usize).min(ch.len());
+    &ch[at(from_s)..at(to_s).max(at(from_s))]
+}
+
+/// Longest run of zero samples in `samples` at `rate`, in milliseconds.
+pub fn longest_zero_run_ms_at(samples: &[i16], rate: u32) -> u64 {
+    let (mut longest, mut run) = (0u64, 0u64);
+    for &s in samples {
+        run = if s == 0 { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest * 1000 / u64::from(rate)
+}
+
+/// Every sidecar under the daemon's directory whose `sip_call_id` is `call_id`, parsed.
+pub fn sidecars_of(dir: &Path, call_id: &str) -> Vec<serde_json::Value> {
+    sidecars(dir)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(|v| v["sip_call_id"] == call_id)
+        .collect()
+}
+
+impl Setup {
+    /// Several phones on 127.0.0.1 place `specs` through the daemon at the same time; their
+    /// reports in the same order.
+    pub fn call_all(
+        &self,
+        specs: &[recproxy::demo::ua::CallSpec],
+    ) -> Vec<recproxy::demo::ua::CallReport> {
+        let proxy = self.daemon.sip;
+        self.rt.block_on(async {
+            let mut calls = Vec::new();
+            for spec in specs {
+                let spec = spec.clone();
+                calls.push(tokio::spawn(async move {
+                    let phone = recproxy::demo::ua::Phone::bind("127.0.0.1".parse().unwrap())
+                        .await
+                        .unwrap();
+                    phone.call(proxy, &spec).await.unwrap()
+                }));
+            }
+            let mut reports = Vec::new();
+            for call in calls {
+                reports.push(call.await.expect("call task"));
+            }
+            reports
+        })
+    }
+}
