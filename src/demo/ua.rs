@@ -235,6 +235,9 @@ pub struct CallReport {
     pub notifies: Vec<String>,
     /// When each re-INVITE or UPDATE from the other side was answered 2xx.
     pub remote_updates_at: Vec<SystemTime>,
+    /// To tags of 2xx responses from other forks than the call's, each ACKed and ended with a
+    /// BYE at once (RFC 3261 §13.2.2.4).
+    pub other_dialogs: Vec<String>,
 }
 
 impl CallReport {
@@ -265,6 +268,7 @@ impl CallReport {
             refer_status: None,
             notifies: Vec::new(),
             remote_updates_at: Vec::new(),
+            other_dialogs: Vec::new(),
         }
     }
 }
@@ -312,7 +316,8 @@ pub enum Answer {
     /// A forking PBX (RFC 3261 §16.7, §13.2.2.4): 100, then one 180 per fork, each with its own
     /// To tag and Contact (`;fork=<n>`, n from 1), i.e. `forks` early dialogs; after `ring` the
     /// fork `winner` (index from 0) answers 200 OK in its dialog, like `Accept`. The other
-    /// forks' early dialogs end with that (their branches would be cancelled).
+    /// forks' early dialogs end with that (their branches would be cancelled), unless
+    /// `late_answer` says otherwise.
     Forked {
         /// Time between the 180s and the 200.
         ring: Duration,
@@ -322,6 +327,11 @@ pub enum Answer {
         forks: u8,
         /// Which one answers (index from 0).
         winner: u8,
+        /// A losing fork (the first one that is not the winner) answers too, this long after
+        /// the winner, as when its cancel came too late (RFC 3261 §13.2.2.4): a 200 OK in its
+        /// own dialog, with SDP naming a media socket of its own that only counts what
+        /// arrives. It takes the ACK of that 200 and answers the caller's BYE ending it.
+        late_answer: Option<Duration>,
     },
     /// Digest authentication: 100, then `code` (401 with WWW-Authenticate, else 407 with
     /// Proxy-Authenticate; SHA-256, qop=auth), and once the caller sends the INVITE again with
@@ -424,6 +434,10 @@ pub struct UasCallReport {
     pub refer_to: Vec<String>,
     /// Final status of each NOTIFY the PBX sent about a referral, in order.
     pub notify_results: Vec<u16>,
+    /// To tag of the losing fork's late 200 OK (`Answer::Forked::late_answer`), once sent.
+    pub late_answer_tag: Option<String>,
+    /// RTP packets that reached the losing fork's media socket.
+    pub late_answer_rtp_received: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1571,6 +1585,11 @@ impl UaDialog {
         }
     }
 
+    /// The other side's tag.
+    fn remote_tag(&self) -> Option<String> {
+        header_param(&self.to, "tag")
+    }
+
     /// Where our requests go without an outbound proxy: the first route (loose routing,
     /// RFC 3261 §12.2.1.1, §8.1.2), else the remote target; `None` when neither names an IP.
     fn next_hop(&self) -> Option<SocketAddr> {
@@ -1793,12 +1812,109 @@ enum Step {
     Refer,
 }
 
-/// The ACK for a retransmitted 2xx to one of our INVITEs (initial or re-INVITE), by CSeq.
-fn ack_for<'a>(msg: &SipMsg, acks: &'a [(u32, Vec<u8>)]) -> Option<&'a [u8]> {
+/// The ACK for a retransmitted 2xx to one of our INVITEs (initial or re-INVITE) in `dialog`, by
+/// CSeq; `None` for a 2xx of another dialog (another fork's, RFC 3261 §13.2.2.4).
+fn ack_for<'a>(msg: &SipMsg, dialog: &UaDialog, acks: &'a [(u32, Vec<u8>)]) -> Option<&'a [u8]> {
     let (num, _) = msg.cseq()?;
+    let tag = msg.header("to").and_then(|t| header_param(t, "tag"));
+    if tag != dialog.remote_tag() {
+        return None;
+    }
     acks.iter()
         .find(|(n, _)| *n == num)
         .map(|(_, bytes)| bytes.as_slice())
+}
+
+/// The dialogs that 2xx responses of other forks made (RFC 3261 §13.2.2.4): each is confirmed
+/// with an ACK and ended at once with a BYE, and never carries media.
+#[derive(Default)]
+struct OtherForks {
+    /// To tag and ACK of each, to ACK its 2xx again when it is retransmitted.
+    acks: Vec<(String, Vec<u8>)>,
+    /// The BYEs still waiting for their final response.
+    byes: Vec<OutTxn<()>>,
+}
+
+impl OtherForks {
+    /// Handles a 2xx to our initial INVITE (CSeq `invite_cseq`) that is not in the call's
+    /// dialog; returns the To tag of a dialog seen for the first time.
+    async fn on_2xx(
+        &mut self,
+        socket: &UdpSocket,
+        ok: &SipMsg,
+        call: &UaDialog,
+        invite_cseq: u32,
+        local: SocketAddr,
+        proxy: SocketAddr,
+    ) -> Option<String> {
+        let to = ok.header("to")?;
+        let tag = header_param(to, "tag")?;
+        if ok.cseq().map(|(n, _)| n) != Some(invite_cseq) {
+            return None;
+        }
+        if let Some((_, ack)) = self.acks.iter().find(|(t, _)| *t == tag) {
+            send(socket, ack, proxy).await;
+            return None;
+        }
+        let dialog = UaDialog {
+            remote_target: ok
+                .header("contact")
+                .map(|c| uri_of(c).to_string())
+                .unwrap_or_else(|| call.remote_target.clone()),
+            route_set: ok.list("record-route").into_iter().rev().collect(),
+            from: call.from.clone(),
+            to: to.to_string(),
+            call_id: call.call_id.clone(),
+        };
+        let ack = dialog.request("ACK", invite_cseq, local);
+        send(socket, &ack, proxy).await;
+        self.acks.push((tag.clone(), ack));
+        let branch = new_branch();
+        let bye = dialog.request_with(
+            "BYE",
+            invite_cseq + 1,
+            local,
+            &InDialog {
+                branch: Some(&branch),
+                ..InDialog::default()
+            },
+        );
+        self.byes
+            .push(OutTxn::start(socket, "BYE", bye, branch, invite_cseq + 1, proxy, ()).await);
+        Some(tag)
+    }
+
+    /// Takes a final response to one of our BYEs; whether it was one.
+    fn on_response(&mut self, msg: &SipMsg) -> bool {
+        let Some(i) = self.byes.iter().position(|t| t.answered_by(msg)) else {
+            return false;
+        };
+        if msg.code().is_some_and(|c| c >= 200) {
+            self.byes.remove(i);
+        }
+        true
+    }
+
+    fn wake(&self) -> Option<Instant> {
+        self.byes.iter().map(OutTxn::wake).min()
+    }
+
+    /// Retransmits the BYEs that are due; gives up on those past Timer F.
+    async fn tick(&mut self, socket: &UdpSocket, now: Instant) {
+        let mut i = 0;
+        while i < self.byes.len() {
+            match self.byes[i].tick(now) {
+                TxnTimer::Idle => i += 1,
+                TxnTimer::Resend => {
+                    send(socket, &self.byes[i].bytes, self.byes[i].to).await;
+                    i += 1;
+                }
+                TxnTimer::TimedOut => {
+                    self.byes.remove(i);
+                }
+            }
+        }
+    }
 }
 
 /// How the INVITE transaction ended.
@@ -2132,6 +2248,7 @@ impl Phone {
         // retransmitted 2xx is ACKed again, RFC 3261 §13.2.2.4).
         let mut cseq = invite_cseq;
         let mut acks: Vec<(u32, Vec<u8>)> = vec![(invite_cseq, ack)];
+        let mut forks = OtherForks::default();
         // A 2xx that crossed our CANCEL: the call exists, so it is ended at once (§9.1).
         if let (Some((mut remote_rtp, codec)), None) = (media, cancel.as_ref()) {
             let cfg = PlayConfig {
@@ -2197,7 +2314,12 @@ impl Phone {
                     Some(p) => Some(p.wake()),
                     None => steps.iter().map(|(at, _)| *at).min(),
                 };
-                if let Some(at) = answered_2xx.as_ref().and_then(Pending2xx::wake) {
+                for at in answered_2xx
+                    .as_ref()
+                    .and_then(Pending2xx::wake)
+                    .into_iter()
+                    .chain(forks.wake())
+                {
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
                 tokio::select! {
@@ -2207,6 +2329,7 @@ impl Phone {
                         if let Some(p) = answered_2xx.as_mut() {
                             p.tick(&self.socket, now).await;
                         }
+                        forks.tick(&self.socket, now).await;
                         if let Some(p) = pending.as_mut() {
                             match p.tick(now) {
                                 TxnTimer::Idle => {}
@@ -2318,9 +2441,17 @@ impl Phone {
                         let Some((msg, from_addr)) = m else { return Err(UaError::Closed) };
                         if let Some(code) = msg.code() {
                             if !pending.as_ref().is_some_and(|p| p.answered_by(&msg)) {
+                                if forks.on_response(&msg) {
+                                    continue;
+                                }
                                 if msg.is_invite_2xx() {
-                                    if let Some(ack) = ack_for(&msg, &acks) {
+                                    if let Some(ack) = ack_for(&msg, &dialog, &acks) {
                                         send(&self.socket, ack, proxy).await;
+                                    } else if let Some(tag) = forks
+                                        .on_2xx(&self.socket, &msg, &dialog, invite_cseq, self.local, proxy)
+                                        .await
+                                    {
+                                        report.other_dialogs.push(tag);
                                     }
                                 }
                                 continue;
@@ -2534,9 +2665,17 @@ impl Phone {
                                 break;
                             }
                         } else if msg.code().is_some() {
+                            if forks.on_response(&msg) {
+                                continue;
+                            }
                             if msg.is_invite_2xx() {
-                                if let Some(ack) = ack_for(&msg, &acks) {
+                                if let Some(ack) = ack_for(&msg, &dialog, &acks) {
                                     send(&self.socket, ack, proxy).await;
+                                } else if let Some(tag) = forks
+                                    .on_2xx(&self.socket, &msg, &dialog, invite_cseq, self.local, proxy)
+                                    .await
+                                {
+                                    report.other_dialogs.push(tag);
                                 }
                             }
                         } else {
@@ -2546,14 +2685,17 @@ impl Phone {
                             }
                         }
                     }
-                    () = tokio::time::sleep_until(next.min(deadline)) => {
+                    () = tokio::time::sleep_until(forks.wake().map_or(next, |w| w.min(next)).min(deadline)) => {
                         let now = Instant::now();
                         if now >= deadline {
                             return Err(UaError::Timeout("a response to BYE"));
                         }
-                        send(&self.socket, &bye, proxy).await;
-                        interval = (interval * 2).min(T2);
-                        next = now + interval;
+                        forks.tick(&self.socket, now).await;
+                        if now >= next {
+                            send(&self.socket, &bye, proxy).await;
+                            interval = (interval * 2).min(T2);
+                            next = now + interval;
+                        }
                     }
                 }
             }
@@ -2796,6 +2938,8 @@ struct UasCall {
     last_response: Option<Vec<u8>>,
     /// Which fork we answer as (`Answer::Forked`): `;fork=<n>` in our Contact.
     fork: Option<usize>,
+    /// A losing fork that answers too: (its To tag, its fork number, how long after the winner).
+    late_fork: Option<(String, usize, Duration)>,
     log: UasLog,
 }
 
@@ -2812,6 +2956,8 @@ struct UasLog {
     moved_to: Option<SocketAddr>,
     refer_to: Vec<String>,
     notify_results: Vec<u16>,
+    late_answer_tag: Option<String>,
+    late_answer_rtp_received: u64,
 }
 
 /// What happened while waiting for something at the PBX.
@@ -2829,6 +2975,8 @@ enum PbxStep {
     Move,
     /// The final NOTIFY of the REFER with this CSeq: the transfer is done.
     TransferDone(u32),
+    /// The losing fork's late 200 OK (`Answer::Forked::late_answer`).
+    LateAnswer,
 }
 
 /// A NOTIFY about a REFER (RFC 3515 §2.4.4–2.4.5): Event with the REFER's CSeq as id, the
@@ -2850,6 +2998,7 @@ impl UasCall {
             last_response: None,
             invite,
             fork: None,
+            late_fork: None,
             log: UasLog::default(),
         }
     }
@@ -2865,8 +3014,13 @@ impl UasCall {
     }
 
     fn contact(&self) -> String {
+        self.contact_of(self.fork)
+    }
+
+    /// Our Contact as fork `fork`.
+    fn contact_of(&self, fork: Option<usize>) -> String {
         let user = user_of(self.request_uri());
-        let fork = self.fork.map(|n| format!(";fork={n}")).unwrap_or_default();
+        let fork = fork.map(|n| format!(";fork={n}")).unwrap_or_default();
         if user.is_empty() {
             format!("<sip:{}{fork}>", host_port(self.local))
         } else {
@@ -3289,6 +3443,12 @@ impl UasCall {
         if let Some(at) = script.move_rtp {
             steps.push((answered + at, PbxStep::Move));
         }
+        if let Some((_, _, after)) = &self.late_fork {
+            steps.push((answered + *after, PbxStep::LateAnswer));
+        }
+        // The losing fork's late 200 OK until its ACK, and its media socket.
+        let mut late_ok: Option<Pending2xx> = None;
+        let mut late_socket: Option<UdpSocket> = None;
         // Our re-INVITE in progress (with the socket it moves to), our NOTIFYs, and the ACKs
         // of the 2xx responses to our re-INVITEs (re-sent for a retransmitted 2xx).
         let mut reinvite: Option<OutTxn<Option<UdpSocket>>> = None;
@@ -3338,6 +3498,7 @@ impl UasCall {
                 .into_iter()
                 .chain(notifies.iter().map(OutTxn::wake))
                 .chain(reinvite_ok.as_ref().and_then(Pending2xx::wake))
+                .chain(late_ok.as_ref().and_then(Pending2xx::wake))
                 .chain((!acked).then_some(next));
             for at in txn_wakes {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
@@ -3391,7 +3552,7 @@ impl UasCall {
                                 self.log.notify_results.push(code);
                             }
                         } else if msg.is_invite_2xx() {
-                            if let Some(ack) = ack_for(&msg, &acks) {
+                            if let Some(ack) = ack_for(&msg, &dialog, &acks) {
                                 send(&self.socket, ack, next_hop).await;
                             }
                         }
@@ -3400,6 +3561,19 @@ impl UasCall {
                     self.note(&msg);
                     let method = msg.method().unwrap_or_default();
                     match msg.header("to").and_then(|t| header_param(t, "tag")) {
+                        Some(tag) if self.late_fork.as_ref().is_some_and(|(t, _, _)| *t == tag) && late_ok.is_some() => {
+                            // The losing fork's dialog: confirmed by its ACK, ended by BYE.
+                            match method {
+                                "ACK" => {
+                                    if let Some(p) = late_ok.as_mut() {
+                                        p.acked = true;
+                                    }
+                                }
+                                "BYE" => self.answer(&msg, from, 200).await,
+                                _ => self.answer(&msg, from, 481).await,
+                            }
+                            continue;
+                        }
                         Some(tag) if tag != self.to_tag => {
                             // Not our dialog, e.g. another fork's (§12.2.2).
                             if method != "ACK" {
@@ -3514,7 +3688,7 @@ impl UasCall {
                             next = now + interval;
                         }
                     }
-                    if let Some(p) = reinvite_ok.as_mut() {
+                    for p in reinvite_ok.iter_mut().chain(late_ok.iter_mut()) {
                         p.tick(&self.socket, now).await;
                     }
                     if let Some(r) = reinvite.as_mut() {
@@ -3541,6 +3715,27 @@ impl UasCall {
                     }
                     let Some(due) = steps.iter().position(|(at, s)| *at <= now && eligible(s)) else { continue };
                     let (_, step) = steps.remove(due);
+                    if step == PbxStep::LateAnswer {
+                        let Some((tag, fork, _)) = self.late_fork.clone() else { continue };
+                        let Ok(socket) = UdpSocket::bind(SocketAddr::new(self.local.ip(), 0)).await else { continue };
+                        let Ok(port) = socket.local_addr().map(|a| a.port()) else { continue };
+                        let session = new_sdp_session();
+                        let sdp = sdp_body(SocketAddr::new(local_host, port), pt, codec, te_pt, (session, session), MediaDir::SendRecv);
+                        let late_contact = self.contact_of(Some(fork));
+                        let bytes = response(&self.invite, self.source, 200, &ResponseParts {
+                            to_tag: Some(&tag),
+                            contact: Some(&late_contact),
+                            sdp: Some(&sdp),
+                            headers: &timer,
+                            ..ResponseParts::default()
+                        });
+                        send(&self.socket, &bytes, self.target).await;
+                        let cseq = self.invite.cseq().map_or(1, |(n, _)| n);
+                        late_ok = Some(Pending2xx::new(cseq, bytes, self.target));
+                        late_socket = Some(socket);
+                        self.log.late_answer_tag = Some(tag);
+                        continue;
+                    }
                     local_cseq += 1;
                     let branch = new_branch();
                     match step {
@@ -3573,10 +3768,18 @@ impl UasCall {
                             });
                             notifies.push(OutTxn::start(&self.socket, "NOTIFY", bytes, branch, local_cseq, next_hop, ()).await);
                         }
+                        PbxStep::LateAnswer => {}
                     }
                 }
             }
         };
+        // What reached the losing fork's media socket (nothing should: its dialog has no media).
+        if let Some(socket) = late_socket {
+            let mut buf = [0u8; 2048];
+            while socket.try_recv_from(&mut buf).is_ok() {
+                self.log.late_answer_rtp_received += 1;
+            }
+        }
         (Outcome::Answered, Some(stats), early_stats)
     }
 }
@@ -3640,6 +3843,7 @@ async fn run_uas_call(
             tone_hz,
             forks,
             winner,
+            late_answer,
         } => {
             // One early dialog per fork: its own To tag and Contact (RFC 3261 §12.1.1).
             let tags: Vec<String> = (0..forks.max(2)).map(|_| new_token()).collect();
@@ -3651,6 +3855,10 @@ async fn run_uas_call(
             let w = usize::from(winner).min(tags.len() - 1);
             call.to_tag = tags[w].clone();
             call.fork = Some(w + 1);
+            if let Some(after) = late_answer {
+                let loser = usize::from(w == 0);
+                call.late_fork = Some((tags[loser].clone(), loser + 1, after));
+            }
             match call.wait_or_cancel(&mut rx, ring).await {
                 Waited::Cancelled => (Outcome::Cancelled, None, None),
                 Waited::Elapsed => {
@@ -3689,6 +3897,8 @@ async fn run_uas_call(
         moved_to: call.log.moved_to,
         refer_to: call.log.refer_to,
         notify_results: call.log.notify_results,
+        late_answer_tag: call.log.late_answer_tag,
+        late_answer_rtp_received: call.log.late_answer_rtp_received,
     }
 }
 
@@ -4313,6 +4523,7 @@ Via: SIP/2.0/UDP h.example;branch=z9hG4bKc\r\nSubject: folded\r\n  line\r\ni: ab
             tone_hz: 1000.0,
             forks: 2,
             winner: 1,
+            late_answer: None,
         })
         .await;
         let phone = Phone::bind(LOCALHOST).await.unwrap();
@@ -4335,6 +4546,47 @@ Via: SIP/2.0/UDP h.example;branch=z9hG4bKc\r\nSubject: folded\r\n  line\r\ni: ab
         }
         assert!(report.rtp.unwrap().received >= 15);
         assert!(uas.rtp.unwrap().received >= 15);
+    }
+
+    /// A losing fork answers too: the phone ACKs that 2xx in its own dialog and hangs it up at
+    /// once (RFC 3261 §13.2.2.4), sends it no media, and talks on in the winner's dialog.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn late_answer_of_a_losing_fork_is_acked_and_hung_up() {
+        let (pbx_addr, mut pbx) = pbx_with(Answer::Forked {
+            ring: Duration::from_millis(100),
+            tone_hz: 1000.0,
+            forks: 2,
+            winner: 1,
+            late_answer: Some(Duration::from_millis(200)),
+        })
+        .await;
+        let phone = Phone::bind(LOCALHOST).await.unwrap();
+        let mut s = spec("bob");
+        s.talk = Duration::from_millis(800);
+        let report = phone.call(pbx_addr, &s).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Answered);
+        let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+        let loser = uas.late_answer_tag.clone().expect("the loser answered");
+        assert_eq!(loser, uas.early_tags[0]);
+        assert_eq!(report.other_dialogs, vec![loser.clone()]);
+        assert_eq!(report.to_tag.as_deref(), Some(uas.to_tag.as_str()));
+        let in_dialog = |tag: &str| -> Vec<(String, u32)> {
+            uas.requests
+                .iter()
+                .filter(|r| r.to_tag.as_deref() == Some(tag))
+                .map(|r| (r.method.clone(), r.cseq))
+                .collect()
+        };
+        let ack_bye = |bye_cseq| vec![("ACK".to_string(), 1), ("BYE".to_string(), bye_cseq)];
+        assert_eq!(in_dialog(&loser), ack_bye(2), "{:?}", uas.requests);
+        assert_eq!(in_dialog(&uas.to_tag), ack_bye(2), "{:?}", uas.requests);
+        assert!(
+            seen(&uas, "BYE")[0].uri.ends_with(";fork=1"),
+            "the loser's BYE first"
+        );
+        assert_eq!(uas.late_answer_rtp_received, 0);
+        assert!(report.rtp.unwrap().received >= 35);
+        assert!(uas.rtp.unwrap().received >= 35);
     }
 
     /// A request in another fork's dialog is refused 481 (RFC 3261 §12.2.2).
