@@ -3,12 +3,14 @@
 //! offsets, end reason) and on what both user agents saw:
 //!
 //! - a forking PBX: two early dialogs (two 180s with different To tags), the second answers;
+//!   and again with the losing fork answering too, late: that dialog is ACKed and hung up by
+//!   the caller, and must neither carry media nor end the recording;
 //! - a 407 challenge and the INVITE again with credentials: still one call, one recording;
 //! - a REFER (blind transfer by the caller) accepted 202 and NOTIFYed: a `transfer` event;
 //! - the PBX moving its RTP to a new port by re-INVITE mid-call: no gap in the recording;
 //! - an RFC 4028 session timer: an unrefreshed call ends at its expiry, refreshed ones go on.
 //!
-//! Media ports 47000-47499, one block of 100 per test.
+//! Media ports 47000-47599, one block of 100 per test.
 
 mod support;
 
@@ -125,6 +127,7 @@ fn forked_invite_is_recorded_in_the_winning_dialog() {
             tone_hz: CALLEE_HZ,
             forks: 2,
             winner: 1,
+            late_answer: None,
         },
         (47000, 47099),
         "",
@@ -537,4 +540,83 @@ fn session_timer_ends_an_unrefreshed_call_and_refreshed_calls_go_on() {
         tones_in(&wav, &[(0.2, 2.8), (3.1, 3.9)], method);
     }
     assert_eq!(wavs(&s.daemon.dir).len(), 3);
+}
+
+#[test]
+fn late_answer_of_a_losing_fork_neither_moves_media_nor_ends_the_recording() {
+    let mut s = setup(
+        Answer::Forked {
+            ring: Duration::from_millis(300),
+            tone_hz: CALLEE_HZ,
+            forks: 2,
+            winner: 1,
+            late_answer: Some(Duration::from_millis(1000)),
+        },
+        (47500, 47599),
+        "",
+    );
+    let (report, uas) = answered(&mut s, &spec(Duration::from_secs(3)));
+
+    // The proxy forwarded the losing fork's 200 OK; the phone ACKed it in that fork's dialog
+    // and hung that dialog up, while the call went on in the winner's.
+    let loser = uas
+        .late_answer_tag
+        .clone()
+        .expect("the losing fork answered");
+    assert_eq!(loser, uas.early_tags[0]);
+    assert_eq!(report.other_dialogs, vec![loser.clone()]);
+    assert_eq!(report.to_tag.as_deref(), Some(uas.to_tag.as_str()));
+    let in_dialog = |tag: &str| -> Vec<(String, u32)> {
+        uas.requests
+            .iter()
+            .filter(|r| r.to_tag.as_deref() == Some(tag))
+            .map(|r| (r.method.clone(), r.cseq))
+            .collect()
+    };
+    let ack_bye = vec![("ACK".to_string(), 1), ("BYE".to_string(), 2)];
+    assert_eq!(in_dialog(&loser), ack_bye, "{:?}", uas.requests);
+    assert_eq!(in_dialog(&uas.to_tag), ack_bye, "{:?}", uas.requests);
+    let loser_bye = seen(&uas, "BYE")[0];
+    assert!(loser_bye.uri.ends_with(";fork=1"), "{}", loser_bye.uri);
+    let loser_bye_ms = loser_bye
+        .at
+        .duration_since(uas.answered_at.unwrap())
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (loser_bye_ms - 1000).abs() <= 100,
+        "loser hung up at {loser_bye_ms} ms"
+    );
+    // No media went to the losing fork, and the winner's flowed both ways throughout.
+    assert_eq!(uas.late_answer_rtp_received, 0);
+    let caller_rtp = report.rtp.clone().unwrap();
+    let callee_rtp = uas.rtp.clone().unwrap();
+    assert!(caller_rtp.received >= 145, "{caller_rtp:?}");
+    assert!(callee_rtp.received >= 145, "{callee_rtp:?}");
+
+    // The recording is the winner's call, to the caller's BYE of it at 3 s: the BYE of the
+    // other dialog at 1 s did not end it.
+    let (_, v) = s.daemon.final_sidecar(&report.call_id);
+    assert_eq!(sidecars(&s.daemon.dir).len(), 1, "one sidecar in all");
+    complete_by_caller(&v);
+    assert_eq!(v["events"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(
+        v["legs"]["caller"]["packets"].as_u64(),
+        Some(caller_rtp.sent),
+        "{v}"
+    );
+    assert!(
+        (v["duration_ms"].as_i64().unwrap() - 3000).abs() <= 100,
+        "{v}"
+    );
+    let wav = the_wav(&s.daemon, &v, &report, "late fork answer");
+    tones_in(&wav, &[(0.2, 0.9), (1.1, 2.8)], "late fork answer");
+    let end = wav.duration_ms() as f64 / 1000.0;
+    for (name, ch) in [("left", &wav.left), ("right", &wav.right)] {
+        let run = longest_zero_run_ms_at(span(ch, 0.1, end - 0.1), RATE);
+        eprintln!(
+            "late fork answer: {name} longest silence {run} ms; loser hung up at {loser_bye_ms} ms"
+        );
+        assert!(run <= 25, "{name}: {run} ms of silence");
+    }
 }
