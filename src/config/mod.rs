@@ -47,6 +47,8 @@ pub struct SipConfig {
     pub tcp_idle_timeout: Duration,
     /// Requests over 1300 bytes bound for a UDP next hop go over TCP (RFC 3261 §18.1.1).
     pub large_over_tcp: bool,
+    /// Name servers for next hops named by host names; empty: the system's resolv.conf.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 /// `[media]`: RTP anchoring.
@@ -184,6 +186,8 @@ struct RawSip {
     tcp_idle_timeout: Option<Spanned<String>>,
     /// Optional, default true.
     large_over_tcp: Option<bool>,
+    /// Optional list of `IP` or `IP:PORT`.
+    dns_servers: Option<Vec<Spanned<String>>>,
 }
 
 /// `[media]` as written.
@@ -264,6 +268,15 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
                 t = pbx.transport
             ),
         ));
+    }
+    let mut dns_servers = Vec::new();
+    for entry in sip.dns_servers.iter().flatten() {
+        dns_servers.push(value(
+            doc,
+            entry,
+            "sip.dns_servers",
+            values::parse_dns_server,
+        )?);
     }
     let tcp_idle_timeout = match &sip.tcp_idle_timeout {
         None => default_tcp_idle_timeout(),
@@ -391,6 +404,7 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             max_rate,
             tcp_idle_timeout,
             large_over_tcp: sip.large_over_tcp.unwrap_or(true),
+            dns_servers,
         },
         media: MediaConfig {
             bind,

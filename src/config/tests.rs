@@ -63,6 +63,7 @@ fn example_file_parses_to_the_documented_values() {
                 max_rate: 200,
                 tcp_idle_timeout: Duration::from_secs(3600),
                 large_over_tcp: true,
+                dns_servers: Vec::new(),
             },
             media: MediaConfig {
                 bind: ip("0.0.0.0"),
@@ -314,6 +315,14 @@ fn bad_cases() -> Vec<BadCase> {
             20,
             "sip.tcp_idle_timeout",
             "out of range",
+        ),
+        (
+            "dns server not an address",
+            edit("[sip]", "[sip]\ndns_servers = [\"ns1.example.com\"]"),
+            2,
+            16,
+            "sip.dns_servers",
+            "hostnames are not accepted",
         ),
         (
             "large_over_tcp not a boolean",

@@ -98,6 +98,29 @@ impl FromStr for SipAddr {
     }
 }
 
+/// A name server: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
+pub fn parse_dns_server(s: &str) -> Result<SocketAddr, ValueError> {
+    if let Ok(ip) = parse_ip(s) {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    if !s.contains(':') {
+        // Not an IP and no port: parse_ip says why (a host name, say).
+        return parse_ip(s).map(|ip| SocketAddr::new(ip, 53));
+    }
+    let (host, port) = split_host_port(s).map_err(|why| {
+        ValueError(format!(
+            "{why} in \"{s}\": write \"IP\" or \"IP:PORT\", e.g. \"192.0.2.53\" or \"[2001:db8::53]:53\""
+        ))
+    })?;
+    let ip = parse_ip(host)?;
+    let port: u16 = port.parse().map_err(|_| {
+        ValueError(format!(
+            "port \"{port}\" in \"{s}\" is not a number in 0..=65535"
+        ))
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 /// Splits `IP:PORT` / `[IPv6]:PORT` into host and port text, naming what is missing.
 fn split_host_port(rest: &str) -> Result<(&str, &str), &'static str> {
     if let Some(bracketed) = rest.strip_prefix('[') {
@@ -285,6 +308,34 @@ pub(crate) fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_servers_default_to_port_53_and_refuse_names() {
+        assert_eq!(
+            parse_dns_server("192.0.2.53").unwrap(),
+            "192.0.2.53:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("127.0.0.1:5353").unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("[2001:db8::53]:5353").unwrap(),
+            "[2001:db8::53]:5353".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("2001:db8::53").unwrap(),
+            "[2001:db8::53]:53".parse().unwrap()
+        );
+        assert!(parse_dns_server("ns1.example.com")
+            .unwrap_err()
+            .0
+            .contains("hostnames"));
+        assert!(parse_dns_server("127.0.0.1:x")
+            .unwrap_err()
+            .0
+            .contains("port"));
+    }
 
     #[test]
     fn sip_addr_accepts_udp_tcp_and_ipv6() {

@@ -15,8 +15,9 @@ use crate::media::tap::DEFAULT_TAP_QUEUE;
 use crate::record::recorder::{Recorder, RecorderConfig};
 use crate::record::timeline::TimelineConfig;
 use crate::record::wav::{repair, sha256_file};
+use crate::sip::dns::Resolver;
 use crate::sip::proxy::{Peer, Proxy, ProxyConfig};
-use crate::sip::transport::{Driver, SipSockets, TransportError};
+use crate::sip::transport::{Driver, DriverOptions, SipSockets, TransportError};
 
 /// Sample rate of the recordings (G.711 is 8 kHz).
 pub const SAMPLE_RATE: u32 = 8000;
@@ -66,6 +67,7 @@ impl Daemon {
             source,
         })?;
         let recovery = recover(dir);
+        let resolver = Resolver::new(&cfg.sip.dns_servers);
         let sockets = SipSockets::bind(&cfg.sip.listen).await?;
         let listening = sockets.local_addrs();
         // Via, Record-Route and Path carry the advertised IP with the port bound for each
@@ -122,8 +124,11 @@ impl Daemon {
             registry,
             relay_rx,
             recorder_rx,
-            cfg.sip.max_message_size,
-            cfg.sip.tcp_idle_timeout,
+            DriverOptions {
+                max_message_size: cfg.sip.max_message_size,
+                tcp_idle: cfg.sip.tcp_idle_timeout,
+                resolver,
+            },
         );
         Ok(Daemon {
             driver,

@@ -1,7 +1,9 @@
-//! SIP: the message layer (`msg`), the sans-IO proxy core (`txn`, `dialog`, `proxy`) and the thin
-//! transport driver that feeds the core with datagrams and time (`transport`).
+//! SIP: the message layer (`msg`), the sans-IO proxy core (`txn`, `dialog`, `proxy`), the thin
+//! transport driver that feeds the core with messages and time (`transport`), and next-hop name
+//! resolution for the driver (`dns`).
 
 pub mod dialog;
+pub mod dns;
 pub mod limit;
 pub mod msg;
 pub mod proxy;

@@ -198,6 +198,52 @@ pub enum Output {
         /// Remote address of its connection.
         conn: SocketAddr,
     },
+    /// Look this name up (RFC 3263) and report with `handle_resolved`; requests for it wait.
+    Resolve(NameQuery),
+}
+
+/// A next hop named by a host name, to be resolved as RFC 3263 §4 says: the transport from the
+/// URI's `transport` parameter (else UDP with a port, else by SRV), the port from the URI (else
+/// by SRV, else 5060).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NameQuery {
+    /// Host name, lower case, without a trailing dot.
+    pub host: String,
+    /// Port written in the URI.
+    pub port: Option<u16>,
+    /// `transport` parameter of the URI.
+    pub transport: Option<Transport>,
+}
+
+impl fmt::Display for NameQuery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        if let Some(t) = self.transport {
+            write!(f, ";transport={t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a name resolved to: targets in the order to try, and how long that holds (DNS TTL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Transport and address of each target, best first.
+    pub targets: Vec<Peer>,
+    /// When the answer expires.
+    pub valid_until: Instant,
+}
+
+/// Where a URI points: an address, or a name to resolve first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An IP literal (with `maddr` honoured).
+    Addr(Peer),
+    /// A host name.
+    Name(NameQuery),
 }
 
 /// Counters of what the core dropped or refused, for logs and metrics.
@@ -223,9 +269,15 @@ pub enum RouteError {
     /// The next hop's URI did not parse.
     #[error("next hop URI does not parse: {0}")]
     BadUri(String),
-    /// The next hop is a host name; this version routes to IP literals only.
-    #[error("next hop {0} is a host name; only IP addresses are routed")]
+    /// The next hop is a host name that must be resolved first.
+    #[error("next hop {0} is a host name not resolved yet")]
     HostName(String),
+    /// The next hop's name is being resolved; the request waits.
+    #[error("resolving {0}")]
+    Unresolved(NameQuery),
+    /// The next hop's name did not resolve (answer cached for a while).
+    #[error("cannot resolve {0}: {1}")]
+    NotFound(NameQuery, String),
     /// The scheme is not sip/sips.
     #[error("unsupported URI scheme {0}")]
     Scheme(String),
@@ -251,7 +303,30 @@ pub struct Proxy {
     out: VecDeque<Output>,
     stats: ProxyStats,
     limiter: SourceLimiter,
+    /// Resolved names (and failures) until their TTL runs out.
+    dns_cache: HashMap<NameQuery, (Result<Vec<Peer>, String>, Instant)>,
+    /// Requests waiting for a name, as received.
+    parked: HashMap<NameQuery, Vec<Parked>>,
+    /// Server keys of parked requests, so their retransmissions are absorbed.
+    parked_keys: HashMap<ServerKey, NameQuery>,
 }
+
+/// A request received while its next hop's name was being resolved.
+struct Parked {
+    from: Peer,
+    raw: Vec<u8>,
+    key: Option<ServerKey>,
+}
+
+/// Requests that may wait for DNS at once; more are answered 503.
+const MAX_PARKED: usize = 10_000;
+/// Names remembered at most; past this the cache starts afresh.
+const MAX_DNS_CACHE: usize = 4096;
+/// How long a failed lookup is remembered (RFC 2308 negative caching, without the SOA).
+const DNS_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// Bounds on how long a positive answer is used, whatever its TTL.
+const DNS_MIN_TTL: Duration = Duration::from_secs(1);
+const DNS_MAX_TTL: Duration = Duration::from_secs(3600);
 
 impl Proxy {
     /// A proxy core; `salt` makes generated branches unique across restarts (any random value).
@@ -267,6 +342,9 @@ impl Proxy {
             out: VecDeque::new(),
             stats: ProxyStats::default(),
             limiter: SourceLimiter::new(cfg.max_rate),
+            dns_cache: HashMap::new(),
+            parked: HashMap::new(),
+            parked_keys: HashMap::new(),
             cfg,
         }
     }
@@ -340,7 +418,7 @@ impl Proxy {
             }
         };
         if msg.is_request() {
-            self.handle_request(now, from, msg, media);
+            self.handle_request(now, from, msg, data, media);
         } else {
             self.handle_response(now, from, msg, media);
         }
@@ -365,6 +443,60 @@ impl Proxy {
                 tracing::warn!(%from, len = data.len(), "dropping SIP datagram over the size limit")
             }
         }
+    }
+
+    /// The answer to an earlier [`Output::Resolve`]: cached for its TTL (a failure for
+    /// 30 s), and every request that waited for it is handled now, as if it had just arrived.
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        query: NameQuery,
+        result: Result<Resolved, String>,
+        media: &mut dyn MediaAnchor,
+    ) {
+        let entry = match result {
+            Ok(r) if !r.targets.is_empty() => {
+                let until = r.valid_until.clamp(now + DNS_MIN_TTL, now + DNS_MAX_TTL);
+                tracing::debug!(%query, targets = ?r.targets, "name resolved");
+                (Ok(r.targets), until)
+            }
+            Ok(_) => (Err("no address".to_string()), now + DNS_NEGATIVE_TTL),
+            Err(e) => {
+                tracing::warn!(%query, error = %e, "cannot resolve next hop");
+                (Err(e), now + DNS_NEGATIVE_TTL)
+            }
+        };
+        if self.dns_cache.len() >= MAX_DNS_CACHE {
+            self.dns_cache.clear();
+        }
+        self.dns_cache.insert(query.clone(), entry);
+        for parked in self.parked.remove(&query).unwrap_or_default() {
+            if let Some(key) = &parked.key {
+                self.parked_keys.remove(key);
+            }
+            self.handle_message(now, parked.from, &parked.raw, media);
+        }
+    }
+
+    /// Keeps a request until `query` is resolved; asks for the lookup if it is the first to
+    /// wait for that name. False when too many wait already.
+    fn park(&mut self, query: NameQuery, from: Peer, raw: &[u8], key: Option<ServerKey>) -> bool {
+        if self.parked_keys.len() + self.parked.len() >= MAX_PARKED {
+            return false;
+        }
+        if let Some(key) = &key {
+            self.parked_keys.insert(key.clone(), query.clone());
+        }
+        let waiting = self.parked.entry(query.clone()).or_default();
+        if waiting.is_empty() {
+            self.out.push_back(Output::Resolve(query));
+        }
+        waiting.push(Parked {
+            from,
+            raw: raw.to_vec(),
+            key,
+        });
+        true
     }
 
     /// A TCP stream that cannot be framed (no or invalid Content-Length, RFC 3261 §18.3): a
@@ -470,6 +602,7 @@ impl Proxy {
         now: Instant,
         from: Peer,
         mut req: Message,
+        raw: &[u8],
         media: &mut dyn MediaAnchor,
     ) {
         if let Err(invalid) = req.validate() {
@@ -518,11 +651,16 @@ impl Proxy {
             return;
         };
         if method == "ACK" {
-            self.handle_ack(now, from, key, req, media);
+            self.handle_ack(now, from, key, req, raw, media);
             return;
         }
         if method == "CANCEL" {
             self.handle_cancel(now, from, key, &req);
+            return;
+        }
+        // A retransmission of a request waiting for DNS is absorbed (it got its 100 Trying).
+        if self.parked_keys.contains_key(&key) {
+            self.stats.absorbed_retransmissions += 1;
             return;
         }
         // A retransmission is absorbed and answered with the last response (RFC 3261 §17.2.1).
@@ -560,8 +698,21 @@ impl Proxy {
         let party = self.request_party(from, &req, &method, initial, &call_id);
         let from_pbx = self.is_pbx(from, &req);
 
-        let dest = match self.route(from, &mut req) {
+        let dest = match self.route(now, from, &mut req) {
             Ok(dest) => dest,
+            Err(RouteError::Unresolved(query)) => {
+                if !self.park(query, from, raw, Some(key.clone())) {
+                    self.reject(
+                        from,
+                        &req,
+                        503,
+                        "Service Unavailable",
+                        &"too many requests waiting for DNS",
+                    );
+                    self.drop_unrouted_call(&call_id, initial && invite);
+                }
+                return;
+            }
             Err(err) => {
                 self.reject(from, &req, 502, "Bad Gateway", &err);
                 self.drop_unrouted_call(&call_id, initial && invite);
@@ -747,6 +898,7 @@ impl Proxy {
         from: Peer,
         key: ServerKey,
         mut req: Message,
+        raw: &[u8],
         media: &mut dyn MediaAnchor,
     ) {
         if let Some(txn) = self.server.get_mut(&key) {
@@ -761,8 +913,12 @@ impl Proxy {
             None => req.set_header("Max-Forwards", &(DEFAULT_MAX_FORWARDS - 1).to_string()),
         }
         let call_id = req.call_id().unwrap_or_default().to_string();
-        let dest = match self.route(from, &mut req) {
+        let dest = match self.route(now, from, &mut req) {
             Ok(dest) => dest,
+            Err(RouteError::Unresolved(query)) => {
+                self.park(query, from, raw, None);
+                return;
+            }
             Err(err) => {
                 tracing::warn!(%from, %call_id, error = %err, "cannot route ACK");
                 return;
@@ -789,6 +945,24 @@ impl Proxy {
             method: "INVITE".into(),
             ..key
         };
+        if let Some(query) = self.parked_keys.remove(&invite_key) {
+            // The INVITE never left: answer both here (RFC 3261 §9.2).
+            self.reply(from, req, 200, "OK");
+            let waiting = self.parked.get_mut(&query);
+            let parked = waiting.and_then(|list| {
+                let at = list
+                    .iter()
+                    .position(|p| p.key.as_ref() == Some(&invite_key))?;
+                Some(list.swap_remove(at))
+            });
+            if let Some(invite) = parked.and_then(|p| Message::parse(&p.raw).ok()) {
+                let (invite, _) = invite;
+                self.reply(from, &invite, 487, "Request Terminated");
+                let call_id = invite.call_id().unwrap_or_default().to_string();
+                self.drop_unrouted_call(&call_id, invite.to_tag().is_none());
+            }
+            return;
+        }
         let Some(txn) = self.server.get_mut(&invite_key) else {
             self.reject(
                 from,
@@ -1352,7 +1526,7 @@ impl Proxy {
 
     /// Decides the next hop (RFC 3261 §16.4-§16.6): strips our own Route entry, follows the
     /// next Route (loose routing), else the Request-URI for the PBX's own requests, else the PBX.
-    fn route(&self, from: Peer, req: &mut Message) -> Result<Peer, RouteError> {
+    fn route(&self, now: Instant, from: Peer, req: &mut Message) -> Result<Peer, RouteError> {
         // A strict-routing previous hop put our Record-Route into the Request-URI (§16.4).
         // Only a URI we could have put into Record-Route counts: ours, with no user part (a
         // phone whose domain is the proxy dials sip:number@proxy, which is a target).
@@ -1368,27 +1542,47 @@ impl Proxy {
                 }
             }
         }
+        // Leading Route entries naming us (by address, or by a name that resolves to us) are
+        // ours to remove; the first other one is the next hop (loose routing).
         while let Some(first) = req.values("Route").first().map(|s| s.to_string()) {
-            let ours = parse_name_addr(&first).is_ok_and(|na| self.is_local_uri(&na.uri));
-            if !ours {
-                break;
+            let na = parse_name_addr(&first).map_err(|_| RouteError::BadUri(first.clone()))?;
+            let dest = self.resolve(now, uri_target(&na.uri)?)?;
+            if !self.is_local(dest.addr) {
+                return Ok(dest);
             }
             req.remove_first_value("Route");
-        }
-        if let Some(first) = req.values("Route").first() {
-            let na = parse_name_addr(first).map_err(|_| RouteError::BadUri(first.to_string()))?;
-            return uri_destination(&na.uri);
         }
         // Everything from the phone side goes to the PBX (which anchors every dialog); only the
         // PBX's own requests are routed by their Request-URI.
         if self.is_pbx(from, req) {
             let uri = req.request_uri().unwrap_or_default().to_string();
-            let dest = uri_destination(&uri)?;
+            let dest = self.resolve(now, uri_target(&uri)?)?;
             if !self.is_local(dest.addr) {
                 return Ok(dest);
             }
         }
         self.cfg.pbx.first().copied().ok_or(RouteError::NoPbx)
+    }
+}
+
+impl Proxy {
+    /// An address for `target`: itself, or a cached answer for its name (the first target;
+    /// RFC 3263 failover to the next is not done), or `Unresolved` to wait for DNS.
+    fn resolve(&self, now: Instant, target: Target) -> Result<Peer, RouteError> {
+        let query = match target {
+            Target::Addr(peer) => return Ok(peer),
+            Target::Name(query) => query,
+        };
+        match self.dns_cache.get(&query) {
+            Some((answer, until)) if *until > now => match answer {
+                Ok(targets) => targets
+                    .first()
+                    .copied()
+                    .ok_or_else(|| RouteError::NotFound(query.clone(), "no address".into())),
+                Err(e) => Err(RouteError::NotFound(query.clone(), e.clone())),
+            },
+            _ => Err(RouteError::Unresolved(query)),
+        }
     }
 }
 
@@ -1550,10 +1744,20 @@ pub fn host_port(addr: SocketAddr) -> String {
     }
 }
 
-/// Where a SIP URI points (IP literals only; default port 5060) and over which transport: its
-/// `transport` parameter, UDP when there is none (RFC 3263 §4.1 without NAPTR). `sips:` needs
-/// TLS, which is not served.
+/// Where a SIP URI points when it names an IP literal (default port 5060), over which
+/// transport: its `transport` parameter, UDP when there is none. A host name is an error here;
+/// see [`uri_target`].
 pub fn uri_destination(uri: &str) -> Result<Peer, RouteError> {
+    match uri_target(uri)? {
+        Target::Addr(peer) => Ok(peer),
+        Target::Name(query) => Err(RouteError::HostName(query.host)),
+    }
+}
+
+/// Where a SIP URI points: an address (IP literal, `maddr` honoured, default port 5060, UDP
+/// unless `transport` says otherwise) or a name to resolve. `sips:` needs TLS, which is not
+/// served.
+pub fn uri_target(uri: &str) -> Result<Target, RouteError> {
     let parsed = parse_uri(uri).map_err(|_| RouteError::BadUri(uri.to_string()))?;
     match parsed.scheme.to_ascii_lowercase().as_str() {
         "sip" => {}
@@ -1561,9 +1765,9 @@ pub fn uri_destination(uri: &str) -> Result<Peer, RouteError> {
         other => return Err(RouteError::Scheme(other.to_string())),
     }
     let transport = match parsed.param("transport").flatten() {
-        None => Transport::Udp,
-        Some(t) if t.eq_ignore_ascii_case("udp") => Transport::Udp,
-        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+        None => None,
+        Some(t) if t.eq_ignore_ascii_case("udp") => Some(Transport::Udp),
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Some(Transport::Tcp),
         Some(other) => return Err(RouteError::Transport(other.to_ascii_uppercase())),
     };
     let host = parsed
@@ -1571,15 +1775,38 @@ pub fn uri_destination(uri: &str) -> Result<Peer, RouteError> {
         .flatten()
         .map(str::to_string)
         .unwrap_or(parsed.host.clone());
-    let ip: IpAddr = host
+    match host
         .trim_start_matches('[')
         .trim_end_matches(']')
-        .parse()
-        .map_err(|_| RouteError::HostName(host.clone()))?;
-    Ok(Peer {
-        transport,
-        addr: SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
-    })
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => Ok(Target::Addr(Peer {
+            transport: transport.unwrap_or(Transport::Udp),
+            addr: SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
+        })),
+        Err(_) if is_host_name(&host) => Ok(Target::Name(NameQuery {
+            host: host.trim_end_matches('.').to_ascii_lowercase(),
+            port: parsed.port,
+            transport,
+        })),
+        Err(_) => Err(RouteError::BadUri(uri.to_string())),
+    }
+}
+
+/// RFC 3261 §25.1 hostname: dot-separated labels of letters, digits and hyphens.
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// The top Via's sent-by, when it is an IP literal (default port 5060).

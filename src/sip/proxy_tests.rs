@@ -38,6 +38,8 @@ struct Harness {
     proxy: Proxy,
     anchor: Anchor,
     now: Instant,
+    /// Names the core asked to resolve.
+    resolves: Vec<NameQuery>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -63,6 +65,7 @@ impl Harness {
             ),
             anchor: Anchor { seen: Vec::new() },
             now: Instant::now(),
+            resolves: Vec::new(),
         }
     }
 
@@ -112,6 +115,7 @@ impl Harness {
                 Output::Send { to, data } => sends.push((to, String::from_utf8(data).unwrap())),
                 Output::Event(e) => events.push(e),
                 Output::Alias { .. } => {}
+                Output::Resolve(q) => self.resolves.push(q),
             }
         }
         (sends, events)
@@ -1456,4 +1460,194 @@ fn a_tcp_peer_naming_its_listening_port_in_via_gets_an_alias_of_its_connection()
     while let Some(out) = h.proxy.poll_output() {
         assert!(!matches!(out, Output::Alias { .. }), "{out:?}");
     }
+}
+
+// ----- next hops named by host names (RFC 3263) -----------------------------------------------
+
+/// An outbound call from the PBX to a trunk named by a host name.
+fn outbound_to(host: &str, call: &str) -> String {
+    invite()
+        .replace(
+            "INVITE sip:0295120000@192.0.2.10 SIP/2.0",
+            &format!("INVITE sip:0401234567@{host} SIP/2.0"),
+        )
+        .replace(
+            "SIP/2.0/UDP 198.51.100.7:5060",
+            "SIP/2.0/UDP 192.0.2.5:5060",
+        )
+        .replace("call-1@", &format!("{call}@"))
+}
+
+fn trunk_query() -> NameQuery {
+    NameQuery {
+        host: "trunk.example.net".into(),
+        port: None,
+        transport: None,
+    }
+}
+
+#[test]
+fn a_request_for_a_host_name_waits_for_dns_then_goes_to_the_first_target() {
+    let mut h = Harness::new();
+    let invite = outbound_to("Trunk.Example.NET.", "dns-1");
+    let (sends, events) = h.input(PBX, &invite);
+    // 100 Trying at once; the INVITE waits for the name.
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert!(sends[0].1.starts_with("SIP/2.0 100 Trying"));
+    assert!(events.is_empty());
+    assert_eq!(h.resolves, [trunk_query()]);
+    // A retransmission is absorbed and asks nothing new.
+    let (sends, _) = h.input(PBX, &invite);
+    assert!(sends.is_empty(), "{sends:?}");
+    assert_eq!(h.resolves.len(), 1);
+
+    let trunk = udp("203.0.113.50:5070");
+    h.proxy.handle_resolved(
+        h.now,
+        trunk_query(),
+        Ok(Resolved {
+            targets: vec![trunk, udp("203.0.113.51:5070")],
+            valid_until: h.now + Duration::from_secs(300),
+        }),
+        &mut h.anchor,
+    );
+    let (sends, events) = h.drain_peers();
+    let fwd: Vec<_> = sends.iter().filter(|(to, _)| *to == trunk).collect();
+    assert_eq!(fwd.len(), 1, "{sends:?}");
+    assert!(
+        fwd[0].1.contains("Max-Forwards: 69\r\n"),
+        "decremented once: {}",
+        fwd[0].1
+    );
+    assert!(fwd[0]
+        .1
+        .starts_with("INVITE sip:0401234567@Trunk.Example.NET. SIP/2.0"));
+    assert!(matches!(&events[0].kind, CallEventKind::Invite(i) if i.from_pbx));
+    // Retransmitted by Timer A to the same target; absorbed retransmissions from the PBX now
+    // get the last response.
+    let (resent, _) = h.advance_peers(Duration::from_millis(500));
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].0, trunk);
+
+    // The next call to the name uses the answer at once, until its TTL runs out.
+    let (sends, _) = h.input_on(udp(PBX), &outbound_to("trunk.example.net", "dns-2"));
+    assert_eq!(
+        sends.iter().filter(|(to, _)| *to == trunk).count(),
+        1,
+        "{sends:?}"
+    );
+    assert_eq!(h.resolves.len(), 1);
+    h.now += Duration::from_secs(301);
+    let (sends, _) = h.input_on(udp(PBX), &outbound_to("trunk.example.net", "dns-3"));
+    assert_eq!(sends.len(), 1, "only 100 Trying: {sends:?}");
+    assert_eq!(h.resolves.len(), 2);
+}
+
+#[test]
+fn a_name_that_does_not_resolve_gets_502_and_the_failure_is_remembered() {
+    let mut h = Harness::new();
+    h.input(PBX, &outbound_to("trunk.example.net", "dns-f1"));
+    h.proxy
+        .handle_resolved(h.now, trunk_query(), Err("NXDOMAIN".into()), &mut h.anchor);
+    let (sends, events) = h.drain();
+    // The waiting INVITE is handled again: a repeated 100 Trying, then the 502.
+    let codes: Vec<&str> = sends.iter().map(|(_, m)| &m[8..11]).collect();
+    assert_eq!(codes, ["100", "502"], "{sends:?}");
+    assert!(sends.iter().all(|(to, _)| *to == addr(PBX)));
+    assert!(events.is_empty());
+    assert_eq!(h.proxy.sizes(), (0, 0, 0), "nothing kept of the call");
+    // Within 30 s the next call fails at once, without a new lookup.
+    h.now += Duration::from_secs(10);
+    let (sends, _) = h.input(PBX, &outbound_to("trunk.example.net", "dns-f2"));
+    assert!(
+        sends.iter().any(|(_, m)| m.starts_with("SIP/2.0 502")),
+        "{sends:?}"
+    );
+    assert_eq!(h.resolves.len(), 1);
+}
+
+#[test]
+fn cancelling_an_invite_that_waits_for_dns_answers_both_here() {
+    let mut h = Harness::new();
+    let invite = outbound_to("trunk.example.net", "dns-c");
+    h.input(PBX, &invite);
+    let cancel = CANCEL
+        .replace(
+            "CANCEL sip:0295120000@192.0.2.10 SIP/2.0",
+            "CANCEL sip:0401234567@trunk.example.net SIP/2.0",
+        )
+        .replace(
+            "SIP/2.0/UDP 198.51.100.7:5060",
+            "SIP/2.0/UDP 192.0.2.5:5060",
+        )
+        .replace("call-1@", "dns-c@");
+    let (sends, events) = h.input(PBX, &cancel);
+    let codes: Vec<&str> = sends.iter().map(|(_, m)| &m[8..11]).collect();
+    assert_eq!(codes, ["200", "487"], "{sends:?}");
+    assert!(events.is_empty());
+    // The lookup that comes back later sends nothing.
+    h.proxy.handle_resolved(
+        h.now,
+        trunk_query(),
+        Ok(Resolved {
+            targets: vec![udp("203.0.113.50:5060")],
+            valid_until: h.now + Duration::from_secs(60),
+        }),
+        &mut h.anchor,
+    );
+    assert!(h.drain().0.is_empty());
+}
+
+#[test]
+fn a_route_naming_the_proxy_by_host_name_is_taken_off() {
+    let mut h = Harness::new();
+    let q = NameQuery {
+        host: "recproxy.example.net".into(),
+        port: None,
+        transport: None,
+    };
+    h.proxy.handle_resolved(
+        h.now,
+        q,
+        Ok(Resolved {
+            targets: vec![udp(US)],
+            valid_until: h.now + Duration::from_secs(60),
+        }),
+        &mut h.anchor,
+    );
+    let with_route = invite().replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRoute: <sip:recproxy.example.net;lr>\r\n",
+    );
+    let (sends, _) = h.input(PHONE, &with_route);
+    assert_eq!(sends[1].0, addr(PBX), "{sends:?}");
+    assert!(
+        !sends[1].1.contains("Route: <sip:recproxy"),
+        "{}",
+        sends[1].1
+    );
+}
+
+#[test]
+fn uri_targets_tell_names_from_addresses() {
+    assert_eq!(
+        uri_target("sip:a@Trunk.example.NET:5080;transport=tcp").unwrap(),
+        Target::Name(NameQuery {
+            host: "trunk.example.net".into(),
+            port: Some(5080),
+            transport: Some(Transport::Tcp),
+        })
+    );
+    assert_eq!(
+        uri_target("sip:a@192.0.2.1;maddr=pbx.example.net").unwrap(),
+        Target::Name(NameQuery {
+            host: "pbx.example.net".into(),
+            port: None,
+            transport: None,
+        })
+    );
+    assert!(matches!(
+        uri_target("sip:a@bad_host!"),
+        Err(RouteError::BadUri(_))
+    ));
 }

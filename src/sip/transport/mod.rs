@@ -19,7 +19,8 @@ use crate::call::registry::CallRegistry;
 use crate::config::{SipAddr, Transport};
 use crate::media::relay::RelayEvent;
 use crate::record::recorder::RecorderEvent;
-use crate::sip::proxy::{Output, Peer, Proxy};
+use crate::sip::dns::Resolver;
+use crate::sip::proxy::{NameQuery, Output, Peer, Proxy, Resolved};
 use tcp::{ConnConfig, ConnEvent};
 
 /// Datagrams waiting between the socket readers and the core.
@@ -93,6 +94,19 @@ struct Conn {
     queue: mpsc::Sender<Vec<u8>>,
 }
 
+/// A lookup's answer on its way back to the core.
+type DnsAnswer = (NameQuery, Result<Resolved, String>);
+
+/// Transport settings of the driver.
+pub struct DriverOptions {
+    /// Largest SIP message accepted.
+    pub max_message_size: usize,
+    /// TCP connections close after this long without traffic.
+    pub tcp_idle: Duration,
+    /// Resolves next hops named by host names.
+    pub resolver: Resolver,
+}
+
 /// The driver: owns the core, the registry and the sockets.
 pub struct Driver {
     sockets: SipSockets,
@@ -110,20 +124,31 @@ pub struct Driver {
     next_conn: u64,
     conn_cfg: ConnConfig,
     conn_events: (mpsc::Sender<ConnEvent>, Option<mpsc::Receiver<ConnEvent>>),
+    resolver: Resolver,
+    /// DNS answers on their way back from lookup tasks.
+    resolved: (
+        mpsc::UnboundedSender<DnsAnswer>,
+        Option<mpsc::UnboundedReceiver<DnsAnswer>>,
+    ),
 }
 
 impl Driver {
-    /// Assembles a driver; TCP connections close after `tcp_idle` without traffic.
+    /// Assembles a driver.
     pub fn new(
         sockets: SipSockets,
         proxy: Proxy,
         registry: CallRegistry,
         relay_events: mpsc::UnboundedReceiver<RelayEvent>,
         recorder_events: mpsc::UnboundedReceiver<RecorderEvent>,
-        max_message_size: usize,
-        tcp_idle: Duration,
+        options: DriverOptions,
     ) -> Driver {
+        let DriverOptions {
+            max_message_size,
+            tcp_idle,
+            resolver,
+        } = options;
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let (dns_tx, dns_rx) = mpsc::unbounded_channel();
         Driver {
             sockets,
             proxy,
@@ -140,6 +165,8 @@ impl Driver {
                 idle_timeout: tcp_idle,
             },
             conn_events: (tx, Some(rx)),
+            resolver,
+            resolved: (dns_tx, Some(dns_rx)),
         }
     }
 
@@ -161,7 +188,9 @@ impl Driver {
             readers.push(tokio::spawn(accept_loop(listener, accept_tx.clone())));
         }
         drop(accept_tx);
-        let Some(mut conn_events) = self.conn_events.1.take() else {
+        let (Some(mut conn_events), Some(mut resolved)) =
+            (self.conn_events.1.take(), self.resolved.1.take())
+        else {
             return;
         };
         tokio::pin!(shutdown);
@@ -185,6 +214,9 @@ impl Driver {
                 }
                 Some((stream, remote)) = accepted.recv() => self.accept(stream, remote),
                 Some(event) = conn_events.recv() => self.on_conn_event(event),
+                Some((query, result)) = resolved.recv() => {
+                    self.proxy.handle_resolved(Instant::now(), query, result, &mut self.registry);
+                }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     self.proxy.handle_timeout(Instant::now());
                 }
@@ -245,6 +277,14 @@ impl Driver {
                     }
                 }
                 Output::Event(event) => self.registry.on_event(event),
+                Output::Resolve(query) => {
+                    let resolver = self.resolver.clone();
+                    let back = self.resolved.0.clone();
+                    tokio::spawn(async move {
+                        let result = resolver.resolve(&query).await;
+                        let _ = back.send((query, result));
+                    });
+                }
                 Output::Alias { alias, conn } => {
                     if self.aliases.len() >= MAX_KNOWN_PEERS && !self.aliases.contains_key(&alias) {
                         self.aliases.clear();
