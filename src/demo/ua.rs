@@ -119,6 +119,11 @@ pub struct CallSpec {
     /// other side to `sip:<number>@<proxy>`; NOTIFYs of the referral are answered 200, and
     /// when one reports the transfer done (`SIP/2.0 2xx` sipfrag) the phone hangs up.
     pub refer: Option<(Duration, String)>,
+    /// When the other side REFERs the phone (RFC 3515): `None` declines (603); `Some(code)`
+    /// accepts (202), NOTIFYs `SIP/2.0 100 Trying` and, once that is answered, the final
+    /// `SIP/2.0 <code> ...` (subscription terminated). The demo phone places no call to the
+    /// Refer-To target: `code` is the outcome it reports.
+    pub on_refer: Option<u16>,
 }
 
 /// An RFC 4028 session timer asked for by the [`Phone`].
@@ -168,6 +173,7 @@ impl CallSpec {
             credentials: None,
             session_timer: None,
             refer: None,
+            on_refer: None,
         }
     }
 }
@@ -238,6 +244,10 @@ pub struct CallReport {
     /// To tags of 2xx responses from other forks than the call's, each ACKed and ended with a
     /// BYE at once (RFC 3261 §13.2.2.4).
     pub other_dialogs: Vec<String>,
+    /// Refer-To of each REFER received, with the status we answered it with.
+    pub refers_received: Vec<(String, u16)>,
+    /// Final status of each NOTIFY we sent about a REFER we accepted, in order.
+    pub notify_results: Vec<u16>,
 }
 
 impl CallReport {
@@ -269,6 +279,8 @@ impl CallReport {
             notifies: Vec::new(),
             remote_updates_at: Vec::new(),
             other_dialogs: Vec::new(),
+            refers_received: Vec::new(),
+            notify_results: Vec::new(),
         }
     }
 }
@@ -362,6 +374,10 @@ pub struct PbxScript {
     /// `SIP/2.0 100 Trying` at once and `SIP/2.0 200 OK` (subscription terminated) after this.
     /// The demo PBX places no call to the Refer-To target; it reports it.
     pub transfer_delay: Duration,
+    /// Blind transfer by the PBX side: at this offset after the 200 OK (once the ACK is in),
+    /// REFER the caller to `sip:<number>@<PBX address>`; NOTIFYs about it are answered 200 and
+    /// their sipfrag status lines reported. The PBX keeps the call either way.
+    pub refer: Option<(Duration, String)>,
 }
 
 /// A request the [`Pbx`] received in a call after the INVITE (ACK, BYE, CANCEL, re-INVITE,
@@ -438,6 +454,12 @@ pub struct UasCallReport {
     pub late_answer_tag: Option<String>,
     /// RTP packets that reached the losing fork's media socket.
     pub late_answer_rtp_received: u64,
+    /// When the PBX's REFER was first sent (`PbxScript::refer`).
+    pub refer_sent_at: Option<SystemTime>,
+    /// Final status of the PBX's REFER.
+    pub refer_status: Option<u16>,
+    /// Status lines of the sipfrag bodies of the NOTIFYs the PBX received, in order.
+    pub notifies: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1960,8 +1982,8 @@ impl Phone {
     /// port move, session refreshes, REFER), one in-dialog client transaction at a time, each
     /// with the next CSeq; the BYE then takes the next one. It answers re-INVITEs and UPDATEs
     /// of the other side (following a new media address or codec, holding when told to; 491 if
-    /// its own re-INVITE is pending, RFC 3261 §14.2), NOTIFYs about its REFER (200), and
-    /// declines to be transferred itself (REFER 603).
+    /// its own re-INVITE is pending, RFC 3261 §14.2), NOTIFYs about its REFER (200), and a
+    /// REFER of the other side as `spec.on_refer` says.
     ///
     /// If the other side sends BYE first it gets 200 and the call ends without our BYE.
     pub async fn call(&self, proxy: SocketAddr, spec: &CallSpec) -> Result<CallReport, UaError> {
@@ -2297,6 +2319,9 @@ impl Phone {
             // Our 2xx to the other side's latest re-INVITE, until its ACK.
             let mut answered_2xx: Option<Pending2xx> = None;
             let mut remote_cseq: Option<u32> = None;
+            // Our NOTIFYs about a REFER we accepted; each with the REFER's CSeq and the final
+            // status still to NOTIFY once it is answered.
+            let mut notify_out: Vec<OutTxn<Option<(u32, u16)>>> = Vec::new();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let mut stop_tx = Some(stop_tx);
             let play = rtp.play(remote_rtp, &cfg, async {
@@ -2319,6 +2344,7 @@ impl Phone {
                     .and_then(Pending2xx::wake)
                     .into_iter()
                     .chain(forks.wake())
+                    .chain(notify_out.iter().map(OutTxn::wake))
                 {
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
@@ -2330,6 +2356,20 @@ impl Phone {
                             p.tick(&self.socket, now).await;
                         }
                         forks.tick(&self.socket, now).await;
+                        let mut i = 0;
+                        while i < notify_out.len() {
+                            match notify_out[i].tick(now) {
+                                TxnTimer::Idle => i += 1,
+                                TxnTimer::Resend => {
+                                    send(&self.socket, &notify_out[i].bytes, proxy).await;
+                                    i += 1;
+                                }
+                                TxnTimer::TimedOut => {
+                                    notify_out.remove(i);
+                                    report.notify_results.push(408);
+                                }
+                            }
+                        }
                         if let Some(p) = pending.as_mut() {
                             match p.tick(now) {
                                 TxnTimer::Idle => {}
@@ -2440,6 +2480,27 @@ impl Phone {
                     m = rx.recv() => {
                         let Some((msg, from_addr)) = m else { return Err(UaError::Closed) };
                         if let Some(code) = msg.code() {
+                            if let Some(i) = notify_out.iter().position(|t| t.answered_by(&msg)) {
+                                if code < 200 {
+                                    notify_out[i].provisional(Instant::now());
+                                    continue;
+                                }
+                                let done = notify_out.remove(i);
+                                report.notify_results.push(code);
+                                if let Some((refer_cseq, result)) = done.purpose {
+                                    // The referral's outcome, ending the subscription.
+                                    cseq += 1;
+                                    let branch = new_branch();
+                                    let sipfrag = format!("SIP/2.0 {result} {}", reason_phrase(result));
+                                    let bytes = dialog.refer_notify(cseq, self.local, &branch, &contact, &ReferNotify {
+                                        refer_cseq,
+                                        state: "terminated;reason=noresource",
+                                        sipfrag: &sipfrag,
+                                    });
+                                    notify_out.push(OutTxn::start(&self.socket, "NOTIFY", bytes, branch, cseq, proxy, None).await);
+                                }
+                                continue;
+                            }
                             if !pending.as_ref().is_some_and(|p| p.answered_by(&msg)) {
                                 if forks.on_response(&msg) {
                                     continue;
@@ -2631,6 +2692,30 @@ impl Phone {
                                         }
                                     }
                                 }
+                            }
+                            "REFER" => {
+                                let refer_to = msg.header("refer-to").map(str::to_string);
+                                let (Some(result), Some(refer_to)) = (spec.on_refer, refer_to.clone()) else {
+                                    // RFC 3515 §2.4.1: no Refer-To is a bad request; else we decline.
+                                    let code = if refer_to.is_none() { 400 } else { 603 };
+                                    send(&self.socket, &reply(code, None, &[]), target).await;
+                                    report.refers_received.push((refer_to.unwrap_or_default(), code));
+                                    continue;
+                                };
+                                send(&self.socket, &reply(202, None, &[]), target).await;
+                                report.refers_received.push((refer_to, 202));
+                                // The first NOTIFY at once (§2.4.4), the outcome after it.
+                                cseq += 1;
+                                let branch = new_branch();
+                                let state = format!("active;expires={REFER_SUBSCRIPTION_SECS}");
+                                let bytes = dialog.refer_notify(cseq, self.local, &branch, &contact, &ReferNotify {
+                                    refer_cseq: req_cseq,
+                                    state: &state,
+                                    sipfrag: "SIP/2.0 100 Trying",
+                                });
+                                notify_out.push(
+                                    OutTxn::start(&self.socket, "NOTIFY", bytes, branch, cseq, proxy, Some((req_cseq, result))).await,
+                                );
                             }
                             _ => answer_in_dialog(&self.socket, &msg, from_addr).await,
                         }
@@ -2958,6 +3043,9 @@ struct UasLog {
     notify_results: Vec<u16>,
     late_answer_tag: Option<String>,
     late_answer_rtp_received: u64,
+    refer_sent_at: Option<SystemTime>,
+    refer_status: Option<u16>,
+    notifies: Vec<String>,
 }
 
 /// What happened while waiting for something at the PBX.
@@ -2977,6 +3065,8 @@ enum PbxStep {
     TransferDone(u32),
     /// The losing fork's late 200 OK (`Answer::Forked::late_answer`).
     LateAnswer,
+    /// REFER the caller (`PbxScript::refer`).
+    Refer,
 }
 
 /// A NOTIFY about a REFER (RFC 3515 §2.4.4–2.4.5): Event with the REFER's CSeq as id, the
@@ -2985,6 +3075,36 @@ struct ReferNotify<'a> {
     refer_cseq: u32,
     state: &'a str,
     sipfrag: &'a str,
+}
+
+impl UaDialog {
+    /// A NOTIFY about a REFER, as an in-dialog request of ours with `branch`.
+    fn refer_notify(
+        &self,
+        cseq: u32,
+        local: SocketAddr,
+        branch: &str,
+        contact: &str,
+        n: &ReferNotify<'_>,
+    ) -> Vec<u8> {
+        let headers = [
+            ("Event".to_string(), format!("refer;id={}", n.refer_cseq)),
+            ("Subscription-State".to_string(), n.state.to_string()),
+        ];
+        let body = format!("{}\r\n", n.sipfrag);
+        self.request_with(
+            "NOTIFY",
+            cseq,
+            local,
+            &InDialog {
+                branch: Some(branch),
+                contact: Some(contact),
+                headers: &headers,
+                body: Some(("message/sipfrag;version=2.0", &body)),
+                ..InDialog::default()
+            },
+        )
+    }
 }
 
 impl UasCall {
@@ -3309,34 +3429,6 @@ impl UasCall {
             .await
     }
 
-    /// A NOTIFY about a REFER, in the dialog, as an in-dialog request of ours.
-    fn refer_notify(
-        &self,
-        dialog: &UaDialog,
-        cseq: u32,
-        branch: &str,
-        contact: &str,
-        n: &ReferNotify<'_>,
-    ) -> Vec<u8> {
-        let headers = [
-            ("Event".to_string(), format!("refer;id={}", n.refer_cseq)),
-            ("Subscription-State".to_string(), n.state.to_string()),
-        ];
-        let body = format!("{}\r\n", n.sipfrag);
-        dialog.request_with(
-            "NOTIFY",
-            cseq,
-            self.local,
-            &InDialog {
-                branch: Some(branch),
-                contact: Some(contact),
-                headers: &headers,
-                body: Some(("message/sipfrag;version=2.0", &body)),
-                ..InDialog::default()
-            },
-        )
-    }
-
     /// Answers with 200 + SDP, plays the tone and ends on BYE (RFC 3261 §13.3.1.4: the 2xx is
     /// retransmitted until ACK, for at most 64·T1). A re-INVITE is answered 200 with the
     /// complementary direction (sendonly → recvonly, recvonly → sendonly, inactive and sendrecv
@@ -3446,6 +3538,11 @@ impl UasCall {
         if let Some((_, _, after)) = &self.late_fork {
             steps.push((answered + *after, PbxStep::LateAnswer));
         }
+        if let Some((at, _)) = &script.refer {
+            steps.push((answered + *at, PbxStep::Refer));
+        }
+        // Our REFER in progress.
+        let mut refer_out: Option<OutTxn<()>> = None;
         // The losing fork's late 200 OK until its ACK, and its media socket.
         let mut late_ok: Option<Pending2xx> = None;
         let mut late_socket: Option<UdpSocket> = None;
@@ -3486,7 +3583,12 @@ impl UasCall {
             // A re-INVITE of ours waits until no INVITE transaction is in progress (§14.1).
             let invite_free =
                 acked && reinvite.is_none() && reinvite_ok.as_ref().is_none_or(|p| p.acked);
-            let eligible = |step: &PbxStep| *step != PbxStep::Move || invite_free;
+            let refer_free = acked && refer_out.is_none();
+            let eligible = move |step: &PbxStep| match step {
+                PbxStep::Move => invite_free,
+                PbxStep::Refer => refer_free,
+                _ => true,
+            };
             let mut wake: Option<Instant> = steps
                 .iter()
                 .filter(|(_, s)| eligible(s))
@@ -3496,6 +3598,7 @@ impl UasCall {
                 .as_ref()
                 .map(OutTxn::wake)
                 .into_iter()
+                .chain(refer_out.as_ref().map(OutTxn::wake))
                 .chain(notifies.iter().map(OutTxn::wake))
                 .chain(reinvite_ok.as_ref().and_then(Pending2xx::wake))
                 .chain(late_ok.as_ref().and_then(Pending2xx::wake))
@@ -3543,6 +3646,15 @@ impl UasCall {
                                 });
                                 send(&self.socket, &ack, next_hop).await;
                                 tracing::debug!(code, "PBX re-INVITE refused");
+                            }
+                        } else if refer_out.as_ref().is_some_and(|r| r.answered_by(&msg)) {
+                            if code < 200 {
+                                if let Some(r) = refer_out.as_mut() {
+                                    r.provisional(Instant::now());
+                                }
+                            } else {
+                                refer_out = None;
+                                self.log.refer_status = Some(code);
                             }
                         } else if let Some(i) = notifies.iter().position(|t| t.answered_by(&msg)) {
                             if code < 200 {
@@ -3655,7 +3767,7 @@ impl UasCall {
                             local_cseq += 1;
                             let branch = new_branch();
                             let state = format!("active;expires={REFER_SUBSCRIPTION_SECS}");
-                            let bytes = self.refer_notify(&dialog, local_cseq, &branch, &contact, &ReferNotify {
+                            let bytes = dialog.refer_notify(local_cseq, self.local, &branch, &contact, &ReferNotify {
                                 refer_cseq,
                                 state: &state,
                                 sipfrag: "SIP/2.0 100 Trying",
@@ -3669,7 +3781,13 @@ impl UasCall {
                                 let _ = t.send(());
                             }
                         }
-                        // We subscribe to nothing (we send no REFER).
+                        // Only our REFER makes a subscription (RFC 3515 §2.4.4).
+                        "NOTIFY" if self.log.refer_sent_at.is_some() => {
+                            self.answer(&msg, from, 200).await;
+                            if let Some((line, _)) = sipfrag_status(&msg.body) {
+                                self.log.notifies.push(line);
+                            }
+                        }
                         "NOTIFY" => self.answer(&msg, from, 481).await,
                         _ => answer_in_dialog(&self.socket, &msg, from).await,
                     }
@@ -3698,6 +3816,16 @@ impl UasCall {
                             TxnTimer::TimedOut => {
                                 tracing::debug!("PBX re-INVITE timed out");
                                 reinvite = None;
+                            }
+                        }
+                    }
+                    if let Some(r) = refer_out.as_mut() {
+                        match r.tick(now) {
+                            TxnTimer::Idle => {}
+                            TxnTimer::Resend => send(&self.socket, &r.bytes, r.to).await,
+                            TxnTimer::TimedOut => {
+                                refer_out = None;
+                                self.log.refer_status = Some(408);
                             }
                         }
                     }
@@ -3761,7 +3889,7 @@ impl UasCall {
                             reinvite = Some(OutTxn::start(&self.socket, "INVITE", bytes, branch, local_cseq, next_hop, Some(socket)).await);
                         }
                         PbxStep::TransferDone(refer_cseq) => {
-                            let bytes = self.refer_notify(&dialog, local_cseq, &branch, &contact, &ReferNotify {
+                            let bytes = dialog.refer_notify(local_cseq, self.local, &branch, &contact, &ReferNotify {
                                 refer_cseq,
                                 state: "terminated;reason=noresource",
                                 sipfrag: "SIP/2.0 200 OK",
@@ -3769,6 +3897,22 @@ impl UasCall {
                             notifies.push(OutTxn::start(&self.socket, "NOTIFY", bytes, branch, local_cseq, next_hop, ()).await);
                         }
                         PbxStep::LateAnswer => {}
+                        PbxStep::Refer => {
+                            let target = script.refer.as_ref().map_or("", |(_, t)| t.as_str());
+                            let local_uri = uri_of(&dialog.from).to_string();
+                            let headers = [
+                                ("Refer-To".to_string(), format!("<sip:{target}@{}>", host_port(self.local))),
+                                ("Referred-By".to_string(), format!("<{local_uri}>")),
+                            ];
+                            let bytes = dialog.request_with("REFER", local_cseq, self.local, &InDialog {
+                                branch: Some(&branch),
+                                contact: Some(&contact),
+                                headers: &headers,
+                                ..InDialog::default()
+                            });
+                            self.log.refer_sent_at = Some(SystemTime::now());
+                            refer_out = Some(OutTxn::start(&self.socket, "REFER", bytes, branch, local_cseq, next_hop, ()).await);
+                        }
                     }
                 }
             }
@@ -3899,6 +4043,9 @@ async fn run_uas_call(
         notify_results: call.log.notify_results,
         late_answer_tag: call.log.late_answer_tag,
         late_answer_rtp_received: call.log.late_answer_rtp_received,
+        refer_sent_at: call.log.refer_sent_at,
+        refer_status: call.log.refer_status,
+        notifies: call.log.notifies,
     }
 }
 
@@ -4599,7 +4746,9 @@ Via: SIP/2.0/UDP h.example;branch=z9hG4bKc\r\nSubject: folded\r\n  line\r\ni: ab
         .await;
         let raw = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
         let me = raw.local_addr().unwrap();
-        let sdp = build_sdp(me, 0, Codec::Pcmu, None);
+        // Media goes elsewhere: only SIP reaches `raw`.
+        let media = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let sdp = build_sdp(media.local_addr().unwrap(), 0, Codec::Pcmu, None);
         let invite = format!(
             "INVITE sip:bob@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKf1\r\n\
              From: <sip:eve@x>;tag=9\r\nTo: <sip:bob@x>\r\nCall-ID: fork-1\r\nCSeq: 1 INVITE\r\n\
@@ -4828,6 +4977,56 @@ Via: SIP/2.0/UDP h.example;branch=z9hG4bKc\r\nSubject: folded\r\n  line\r\ni: ab
         assert_eq!(refer_req[0].cseq, 2);
         assert!(refer_req[0].header("referred-by").is_some());
         assert_eq!(seen(&uas, "BYE")[0].cseq, 3);
+    }
+
+    /// The PBX REFERs the phone: accepted (202) with NOTIFYs 100 and the configured outcome,
+    /// or declined (603) without any; the call goes on either way.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pbx_refer_is_accepted_or_declined_by_the_phone() {
+        for on_refer in [Some(503), None] {
+            let (pbx_addr, mut pbx) = pbx_with(Answer::Scripted {
+                ring: Duration::ZERO,
+                tone_hz: 1000.0,
+                script: PbxScript {
+                    refer: Some((Duration::from_millis(200), "0299999999".into())),
+                    ..PbxScript::default()
+                },
+            })
+            .await;
+            let phone = Phone::bind(LOCALHOST).await.unwrap();
+            let mut s = spec("bob");
+            s.on_refer = on_refer;
+            let report = phone.call(pbx_addr, &s).await.unwrap();
+            let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+            let refer_to = format!("<sip:0299999999@{pbx_addr}>");
+            let bye = report
+                .bye_sent_at
+                .unwrap()
+                .duration_since(report.answered_at.unwrap())
+                .unwrap();
+            assert!(bye >= Duration::from_millis(590), "talked on: {bye:?}");
+            if on_refer.is_none() {
+                assert_eq!(report.refers_received, vec![(refer_to, 603)]);
+                assert_eq!(uas.refer_status, Some(603));
+                assert!(uas.notifies.is_empty() && report.notify_results.is_empty());
+                continue;
+            }
+            assert_eq!(report.refers_received, vec![(refer_to, 202)]);
+            assert_eq!(uas.refer_status, Some(202));
+            assert_eq!(
+                uas.notifies,
+                vec!["SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable"]
+            );
+            assert_eq!(report.notify_results, vec![200, 200]);
+            // The phone's NOTIFYs took CSeq 2 and 3 of its dialog, the BYE 4.
+            let uas_bye = seen(&uas, "BYE");
+            assert_eq!(uas_bye[0].cseq, 4);
+            let notify_cseqs: Vec<u32> = seen(&uas, "NOTIFY").iter().map(|r| r.cseq).collect();
+            assert_eq!(notify_cseqs, vec![2, 3]);
+            assert!(seen(&uas, "NOTIFY")
+                .iter()
+                .all(|r| r.header("event") == Some("refer;id=1")));
+        }
     }
 
     /// The PBX moves its RTP with a re-INVITE: the phone answers, sends to the new port, and
