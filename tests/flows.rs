@@ -7,10 +7,11 @@
 //!   the caller, and must neither carry media nor end the recording;
 //! - a 407 challenge and the INVITE again with credentials: still one call, one recording;
 //! - a REFER (blind transfer by the caller) accepted 202 and NOTIFYed: a `transfer` event;
+//!   one by the callee: accepted, an event by the callee; declined (603), no event;
 //! - the PBX moving its RTP to a new port by re-INVITE mid-call: no gap in the recording;
 //! - an RFC 4028 session timer: an unrefreshed call ends at its expiry, refreshed ones go on.
 //!
-//! Media ports 47000-47599, one block of 100 per test.
+//! Media ports 47000-47699, one block of 100 per test.
 
 mod support;
 
@@ -619,4 +620,98 @@ fn late_answer_of_a_losing_fork_neither_moves_media_nor_ends_the_recording() {
         );
         assert!(run <= 25, "{name}: {run} ms of silence");
     }
+}
+
+#[test]
+fn refer_by_the_callee_is_an_event_when_accepted_and_none_when_declined() {
+    let mut s = setup(
+        Answer::Scripted {
+            ring: Duration::from_millis(200),
+            tone_hz: CALLEE_HZ,
+            script: PbxScript {
+                refer: Some((Duration::from_millis(1500), "0299999999".into())),
+                ..PbxScript::default()
+            },
+        },
+        (47600, 47699),
+        "",
+    );
+    // The first caller accepts being transferred (and reports the referred call failed), the
+    // second declines.
+    let specs = [
+        CallSpec {
+            on_refer: Some(503),
+            ..spec(Duration::from_secs(3))
+        },
+        spec(Duration::from_secs(3)),
+    ];
+    let reports = s.call_all(&specs);
+    let mut uas: Vec<UasCallReport> = (0..specs.len()).map(|_| s.pbx_report()).collect();
+    uas.sort_by_key(|u| {
+        reports
+            .iter()
+            .position(|r| r.call_id == u.call_id)
+            .expect("a PBX report per call")
+    });
+
+    for (i, (report, u)) in reports.iter().zip(&uas).enumerate() {
+        let accepted = i == 0;
+        assert_eq!(report.outcome, Outcome::Answered);
+        // The REFER crossed the proxy from the PBX to the phone, and its answer back.
+        let code = if accepted { 202 } else { 603 };
+        assert_eq!(report.refers_received.len(), 1, "{report:?}");
+        assert_eq!(report.refers_received[0].1, code);
+        assert!(report.refers_received[0]
+            .0
+            .starts_with("<sip:0299999999@127.0.0.1:"));
+        assert_eq!(u.refer_status, Some(code));
+        if accepted {
+            assert_eq!(
+                u.notifies,
+                vec!["SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable"]
+            );
+            assert_eq!(report.notify_results, vec![200, 200]);
+        } else {
+            assert!(u.notifies.is_empty());
+        }
+        let refer_ms = u
+            .refer_sent_at
+            .unwrap()
+            .duration_since(u.answered_at.unwrap())
+            .unwrap()
+            .as_millis() as i64;
+        assert!((refer_ms - 1500).abs() <= 100, "REFER at {refer_ms} ms");
+
+        // Recorded to the caller's BYE either way; a transfer event by the callee only when
+        // the REFER was accepted.
+        let (_, v) = s.daemon.final_sidecar(&report.call_id);
+        complete_by_caller(&v);
+        let events = v["events"].as_array().expect("events");
+        if accepted {
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert_eq!(events[0]["type"], "transfer", "{events:?}");
+            assert_eq!(events[0]["by"], "callee", "{events:?}");
+            let at = events[0]["at_ms"].as_i64().unwrap();
+            eprintln!(
+                "callee REFER: transfer event at {at} ms, REFER sent at {refer_ms} ms (PBX clock)"
+            );
+            assert!(
+                (at - refer_ms).abs() <= 100,
+                "transfer at {at} ms, REFER at {refer_ms} ms"
+            );
+        } else {
+            assert!(
+                events.is_empty(),
+                "a declined REFER is no transfer: {events:?}"
+            );
+        }
+        let test = if accepted {
+            "callee REFER accepted"
+        } else {
+            "callee REFER declined"
+        };
+        let wav = wav_of(&v, since_answer(report, report.bye_sent_at), test);
+        tones_in(&wav, &[(0.2, 1.4), (1.6, 2.8)], test);
+    }
+    assert_eq!(wavs(&s.daemon.dir).len(), 2);
 }
