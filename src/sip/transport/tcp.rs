@@ -362,6 +362,74 @@ mod tests {
         assert!(d.fatal.is_none() && d.frames.is_empty());
     }
 
+    /// Serves one accepted loopback connection with `idle`; the client end and the events.
+    async fn served(
+        idle: Duration,
+    ) -> (TcpStream, mpsc::Receiver<ConnEvent>, mpsc::Sender<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, remote) = listener.accept().await.unwrap();
+        let (events_tx, events) = mpsc::channel(16);
+        let (queue, queue_rx) = mpsc::channel(16);
+        let cfg = ConnConfig {
+            max_message_size: 65_535,
+            idle_timeout: idle,
+        };
+        tokio::spawn(serve(7, server, remote, queue_rx, events_tx, cfg));
+        (client, events, queue)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_traffic_keeps_one_open() {
+        let idle = Duration::from_millis(300);
+        let (mut client, mut events, queue) = served(idle).await;
+        // Keep-alives every 100 ms for 900 ms keep it open (each is answered).
+        for _ in 0..9 {
+            client.write_all(b"\r\n\r\n").await.unwrap();
+            let mut pong = [0u8; 2];
+            client.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong, b"\r\n");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // So does what the driver writes.
+        queue.send(OPTIONS.as_bytes().to_vec()).await.unwrap();
+        let mut got = vec![0u8; OPTIONS.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, OPTIONS.as_bytes());
+        // Then silence: closed after the idle time, and the driver is told.
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest))
+            .await
+            .expect("closed within 2 s")
+            .unwrap();
+        assert_eq!(n, 0);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        match events.recv().await {
+            Some(ConnEvent::Closed { id: 7, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_read_are_handed_over_whole() {
+        let (mut client, mut events, _queue) = served(Duration::from_secs(60)).await;
+        let (a, b) = OPTIONS.as_bytes().split_at(40);
+        client.write_all(a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(b).await.unwrap();
+        match events.recv().await {
+            Some(ConnEvent::Message { data, from }) => {
+                assert_eq!(data, OPTIONS.as_bytes());
+                assert_eq!(from.transport, crate::config::Transport::Tcp);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn endless_headers_are_cut_at_the_limit() {
         let mut buf = b"OPTIONS sip:a@h SIP/2.0\r\n".to_vec();
