@@ -1,6 +1,10 @@
 //! Built-in SIP user agents for `recproxy demo` and the integration tests: [`Phone`], a UAC that
 //! places calls through an outbound proxy and plays a tone, and [`Pbx`], a UAS answering every
 //! INVITE per a decision function. Real SIP over UDP (IPv4 or IPv6) with RFC 3261 timers.
+//! Beyond the plain call they do hold, codec and port changes by re-INVITE from either side,
+//! early media, forking (several early dialogs; a late 2xx of another fork ACKed and hung up),
+//! digest challenges (401/407, SHA-256), REFER with NOTIFY in both directions and RFC 4028
+//! session timers (refreshed by the phone with re-INVITE or UPDATE).
 //!
 //! Messages are parsed with a small tolerant reader of our own (compact header names, folded
 //! lines, comma-joined lists), because rsip rejects some legal input; they are built by hand.
