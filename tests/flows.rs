@@ -9,9 +9,11 @@
 //! - a REFER (blind transfer by the caller) accepted 202 and NOTIFYed: a `transfer` event;
 //!   one by the callee: accepted, an event by the callee; declined (603), no event;
 //! - the PBX moving its RTP to a new port by re-INVITE mid-call: no gap in the recording;
-//! - an RFC 4028 session timer: an unrefreshed call ends at its expiry, refreshed ones go on.
+//! - an RFC 4028 session timer: an unrefreshed call whose parties go on talking is neither cut
+//!   nor truncated (an event marks the expiry), refreshed ones go on, and an expired session
+//!   whose media then stops without a BYE is ended as `session_expired` and forgotten.
 //!
-//! Media ports 47000-47699, one block of 100 per test.
+//! Media ports 47000-47799, one block of 100 per test.
 
 mod support;
 
@@ -421,7 +423,7 @@ fn pbx_port_change_mid_call_re_points_the_relay_without_a_gap() {
 }
 
 #[test]
-fn session_timer_ends_an_unrefreshed_call_and_refreshed_calls_go_on() {
+fn session_timer_expiry_never_cuts_a_call_that_still_has_media() {
     let mut s = setup(
         Answer::Accept {
             ring: Duration::from_millis(200),
@@ -465,38 +467,39 @@ fn session_timer_ends_an_unrefreshed_call_and_refreshed_calls_go_on() {
         assert!(has("Session-Expires", "3;refresher=uac") && has("Supported", "timer"));
     }
 
-    // Nobody refreshed the first call: the daemon ended its recording at the expiry, 3 s after
-    // the answer, with the session timer as the reason; the call itself went on to the BYE.
+    // Nobody refreshed the first call. The parties went on talking, so the daemon went on
+    // relaying and recording: the expiry is an event 3 s after the answer, and the call ended
+    // with the caller's BYE after 4 s, as it would have without the proxy.
     let (expired, u0) = (&reports[0], &uas[0]);
     assert!(expired.refreshes_sent_at.is_empty());
     let (_, v) = s.daemon.final_sidecar(&expired.call_id);
     assert_eq!(v["state"], "complete", "{v}");
-    assert_eq!(v["end_reason"], "session_expired", "{v}");
-    assert_eq!(v["ended_by"], "session_timer", "{v}");
+    assert_eq!(v["end_reason"], "bye_caller", "{v}");
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{v}");
+    assert_eq!(events[0]["type"], "session_expired", "{v}");
+    let at = events[0]["at_ms"].as_i64().unwrap();
+    assert!((at - 3000).abs() <= 150, "expired at {at} ms: {v}");
     let t = &v["times"];
     let lasted = ms(&t["end"]) - ms(&t["answer"]);
     assert!(
-        (lasted - 3000).abs() <= 150,
+        (lasted - 4000).abs() <= 200,
         "ended {lasted} ms after the answer: {t}"
     );
-    assert!(
-        (v["duration_ms"].as_i64().unwrap() - 3000).abs() <= 150,
-        "{v}"
-    );
     let wav = wav_of(&v, lasted as i64, "expired");
-    tones_in(&wav, &[(0.2, 1.4), (1.6, 2.8)], "expired");
+    tones_in(&wav, &[(0.2, 1.4), (1.6, 2.8), (3.1, 3.9)], "expired");
     let caller_rtp = expired.rtp.clone().unwrap();
     let callee_rtp = u0.rtp.clone().unwrap();
     eprintln!(
         "session timer: expired call ended {lasted} ms after the answer; the phone got {} and \
-         the PBX {} of about 200 packets (relayed after the expiry: {})",
+         the PBX {} of about 200 packets",
+        caller_rtp.received, callee_rtp.received,
+    );
+    assert!(
+        caller_rtp.received >= 190 && callee_rtp.received >= 190,
+        "media was cut: {} / {}",
         caller_rtp.received,
-        callee_rtp.received,
-        if caller_rtp.received > 160 {
-            "yes"
-        } else {
-            "no"
-        }
+        callee_rtp.received
     );
     assert_eq!(
         seen(u0, "BYE").len(),
@@ -714,4 +717,96 @@ fn refer_by_the_callee_is_an_event_when_accepted_and_none_when_declined() {
         tones_in(&wav, &[(0.2, 1.4), (1.6, 2.8)], test);
     }
     assert_eq!(wavs(&s.daemon.dir).len(), 2);
+}
+
+/// A session whose timer runs out and whose media then stops, with no BYE (both phones lost
+/// power, say): the daemon ends the recording when the media stops, with the session timer as
+/// the reason, and keeps nothing of the call.
+#[test]
+fn an_expired_session_whose_media_stops_without_bye_is_ended_and_forgotten() {
+    use std::net::UdpSocket;
+    use support::raw::{media_addr, play, recv_sip, sdp};
+
+    let root = tempfile::tempdir().unwrap();
+    let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx_addr = pbx.local_addr().unwrap();
+    let config =
+        support::write_config_with_timeout(root.path(), pbx_addr, (47700, 47799), "1s", "");
+    let mut daemon = Daemon::start(&config);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = phone.local_addr().unwrap();
+    let (phone_rtp, pbx_rtp) = (
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let offer = sdp(port(&phone_rtp), port(&phone_rtp) + 1);
+    let invite = format!(
+        "INVITE sip:0295120000@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdead1;rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>\r\n\
+Call-ID: dead-session\r\nCSeq: 1 INVITE\r\nContact: <sip:0401234567@{me}>\r\nSupported: timer\r\n\
+Session-Expires: 2;refresher=uac\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        offer.len(),
+        proxy = daemon.sip
+    );
+    phone.send_to(invite.as_bytes(), daemon.sip).unwrap();
+    let inv = recv_sip(&pbx, |m| m.method() == Some("INVITE"));
+    let to_pbx_side = media_addr(inv.body());
+    let answer = sdp(port(&pbx_rtp), port(&pbx_rtp) + 1);
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for via in inv.header_all("Via") {
+        ok.push_str(&format!("Via: {via}\r\n"));
+    }
+    for rr in inv.header_all("Record-Route") {
+        ok.push_str(&format!("Record-Route: {rr}\r\n"));
+    }
+    ok.push_str(&format!(
+        "From: {}\r\nTo: {};tag=b1\r\nCall-ID: dead-session\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:pbx@{pbx_addr}>\r\nRequire: timer\r\nSession-Expires: 2;refresher=uac\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        inv.header("From").unwrap(),
+        inv.header("To").unwrap(),
+        answer.len()
+    ));
+    pbx.send_to(ok.as_bytes(), daemon.sip).unwrap();
+    let ok = recv_sip(&phone, |m| m.status() == Some(200));
+    let to_phone_side = media_addr(ok.body());
+    let ack = format!(
+        "ACK sip:pbx@{pbx_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdead2;rport\r\n\
+Route: {}\r\nMax-Forwards: 70\r\nFrom: <sip:0401234567@127.0.0.1>;tag=a1\r\n\
+To: <sip:0295120000@127.0.0.1>;tag=b1\r\nCall-ID: dead-session\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        ok.header("Record-Route").unwrap()
+    );
+    phone.send_to(ack.as_bytes(), daemon.sip).unwrap();
+    recv_sip(&pbx, |m| m.method() == Some("ACK"));
+
+    // Three seconds of audio both ways (past the 2 s expiry), then silence and no BYE.
+    let callee = std::thread::spawn(move || play(&pbx_rtp, to_pbx_side, CALLEE_HZ, 1, 150, 0xB1));
+    play(&phone_rtp, to_phone_side, CALLER_HZ, 1, 150, 0xA1);
+    callee.join().unwrap();
+
+    let (_, v) = daemon.final_sidecar("dead-session");
+    assert_eq!(v["state"], "complete", "{v}");
+    assert_eq!(v["end_reason"], "session_expired", "{v}");
+    assert_eq!(v["ended_by"], "session_timer", "{v}");
+    assert_eq!(v["events"][0]["type"], "session_expired", "{v}");
+    let at = v["events"][0]["at_ms"].as_i64().unwrap();
+    assert!((at - 2000).abs() <= 150, "expired at {at} ms: {v}");
+    assert_eq!(v["legs"]["caller"]["packets"], 150, "{v}");
+    assert_eq!(v["legs"]["callee"]["packets"], 150, "{v}");
+    // Audio to the end of the media, then at most the media timeout of silence.
+    let wav = Wav::read(Path::new(v["wav"]["path"].as_str().unwrap()));
+    let secs = wav.duration_ms();
+    assert!((3000..=4300).contains(&secs), "{secs} ms");
+    tones_in(&wav, &[(0.2, 1.8), (2.2, 2.9)], "dead session");
+
+    assert!(daemon.signal(libc::SIGTERM).success());
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("state at shutdown"))
+        .expect("shutdown state logged");
+    for freed in ["active_calls=0", "media_port_pairs=0", "dialogs=0"] {
+        assert!(line.contains(freed), "{freed} expected: {line}");
+    }
 }

@@ -151,6 +151,9 @@ struct Call {
     recording: Option<Recording>,
     /// Hold state of the audio stream.
     hold: HoldState,
+    /// The session timer ran out while media was anchored: a media timeout now ends the call
+    /// as `session_expired`.
+    session_expired: bool,
     /// Which audio codec the parties' latest SDP agree on.
     codec: CodecState,
 }
@@ -314,8 +317,9 @@ impl CallRegistry {
         call_entry(&mut self.calls, call_id)
     }
 
-    /// Handles an event from the proxy core.
-    pub fn on_event(&mut self, event: CallEvent) {
+    /// Handles an event from the proxy core. Returns the Call-ID of a call ended here whose
+    /// dialog the core still keeps, so that it can forget it.
+    pub fn on_event(&mut self, event: CallEvent) -> Option<String> {
         let CallEvent { call_id, at, kind } = event;
         match kind {
             CallEventKind::Invite(info) => self.invite(&call_id, at, &info),
@@ -325,9 +329,7 @@ impl CallRegistry {
                 reason,
                 cancelled,
             } => {
-                let Some(mut call) = self.calls.remove(&call_id) else {
-                    return;
-                };
+                let mut call = self.calls.remove(&call_id)?;
                 let (end, why) = if cancelled {
                     (
                         EndReason::Cancel,
@@ -349,11 +351,7 @@ impl CallRegistry {
                 }
                 self.persist_if_new_events(&call_id, before);
             }
-            CallEventKind::SessionExpired => {
-                if let Some(call) = self.calls.remove(&call_id) {
-                    self.end(call, EndReason::SessionExpired, at);
-                }
-            }
+            CallEventKind::SessionExpired => return self.session_expired(call_id, at),
             CallEventKind::Bye { by } => {
                 if let Some(call) = self.calls.remove(&call_id) {
                     let reason = match by {
@@ -364,6 +362,40 @@ impl CallRegistry {
                 }
             }
         }
+        None
+    }
+
+    /// RFC 4028 expiry. An answered call whose media is anchored goes on: the parties may well
+    /// still be talking (one side's timer support is broken, say), and cutting their audio or
+    /// the recording would change the call. It gets a `session_expired` event, its relays time
+    /// out again even on hold, and the media timeout or a BYE ends it. Anything else ends now.
+    fn session_expired(&mut self, call_id: String, at: Instant) -> Option<String> {
+        let live = self.calls.get(&call_id).is_some_and(|c| {
+            c.answered_at.is_some() && c.streams.iter().flatten().next().is_some()
+        });
+        if !live {
+            let call = self.calls.remove(&call_id)?;
+            self.end(call, EndReason::SessionExpired, at);
+            return Some(call_id);
+        }
+        let before = self.events_of(&call_id);
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            tracing::info!(%call_id, recording_id = %call.record.recording_id, "session timer expired; the call ends when its media stops or a BYE comes");
+            call.session_expired = true;
+            for stream in call.streams.iter().flatten() {
+                stream.relay.control(RelayControl::Arm);
+            }
+            if let (Some(answered), Some(_)) = (call.answered_at, &call.recording) {
+                call.record.events.push(CallEventRecord {
+                    at_ms: at.saturating_duration_since(answered).as_millis() as u64,
+                    kind: "session_expired".into(),
+                    by: None,
+                    codec: None,
+                });
+            }
+        }
+        self.persist_if_new_events(&call_id, before);
+        None
     }
 
     /// Handles a relay report. Returns the Call-ID of a call whose media ended, so the proxy core
@@ -382,7 +414,12 @@ impl CallRegistry {
                 }
                 let call = self.calls.remove(&*call_id)?;
                 tracing::info!(%call_id, stream, recording_id = %call.record.recording_id, "media timeout ends the recording");
-                self.end(call, EndReason::MediaTimeout, now);
+                let reason = if call.session_expired {
+                    EndReason::SessionExpired
+                } else {
+                    EndReason::MediaTimeout
+                };
+                self.end(call, reason, now);
                 Some(call_id.to_string())
             }
         }
@@ -827,6 +864,7 @@ fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mu
         answered_at: None,
         recording: None,
         hold: HoldState::default(),
+        session_expired: false,
         codec: CodecState::default(),
     })
 }

@@ -161,8 +161,9 @@ pub enum CallEventKind {
         /// The party that sent the REFER; `None` for Replaces (a third party's INVITE).
         by: Option<Party>,
     },
-    /// The session timer (RFC 4028) ran out without a refresh: the session is over even though
-    /// no BYE passed (the parties' own timers end it; we release what we hold).
+    /// The session timer (RFC 4028) ran out without a refresh. The parties' own timers should
+    /// end the call with a BYE; if they do not, the session is dead only once its media stops.
+    /// The core keeps the dialog until the registry calls `forget_call` (or a BYE comes).
     SessionExpired,
 }
 
@@ -1364,8 +1365,13 @@ impl Proxy {
                     .and_then(|d| d.session_expires)
                     .is_some_and(|at| at <= now);
                 if expired {
+                    // The dialog stays, so a late BYE still ends the recording where it should;
+                    // the registry ends a call without live media at once and asks us to forget
+                    // it, and media that stops ends the rest (media timeout).
                     tracing::info!(%call_id, "session timer expired without refresh");
-                    self.dialogs.remove(&call_id);
+                    if let Some(d) = self.dialogs.get_mut(&call_id) {
+                        d.session_expires = None;
+                    }
                     self.emit(now, &call_id, CallEventKind::SessionExpired);
                 }
             }

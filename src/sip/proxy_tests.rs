@@ -1074,6 +1074,12 @@ fn a_session_timer_not_refreshed_ends_the_call_and_a_refresh_extends_it() {
     let (_, events) = h.advance(Duration::from_secs(51));
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, CallEventKind::SessionExpired);
+    // The dialog stays until the registry lets it go (media stopped) or a BYE comes, so a
+    // late BYE is still the caller's.
+    assert_eq!(h.proxy.sizes().2, 1);
+    let (_, events) = h.advance(Duration::from_secs(600));
+    assert!(events.is_empty(), "expiry is reported once: {events:?}");
+    h.proxy.forget_call("call-1@198.51.100.7");
     assert_eq!(h.proxy.sizes().2, 0, "the dialog is released");
 }
 

@@ -276,7 +276,11 @@ impl Driver {
                         tracing::warn!(%to, error = %e, "SIP send failed");
                     }
                 }
-                Output::Event(event) => self.registry.on_event(event),
+                Output::Event(event) => {
+                    if let Some(call_id) = self.registry.on_event(event) {
+                        self.proxy.forget_call(&call_id);
+                    }
+                }
                 Output::Resolve(query) => {
                     let resolver = self.resolver.clone();
                     let back = self.resolved.0.clone();
