@@ -7,6 +7,16 @@
 //! RTP timestamp drifts more than `resync` from arrival) and packets then go where their RTP
 //! timestamp says relative to the anchor, so audio is smooth within a stream while both sides
 //! stay aligned with wall-clock time to within one packet.
+//!
+//! Clock skew: an endpoint whose sample clock runs fast or slow (100 ppm is 0.36 s an hour)
+//! drifts against arrival time. Network jitter only ever delays a packet, so the least lag of
+//! arrival behind the RTP prediction over a window of packets (2 s) follows the clock offset;
+//! when it is `drift` or more, the anchor is slewed by that much (a gap or overlap of about
+//! `drift`), so each side stays within about `drift` of its least-delayed arrival and the
+//! channels never drift apart however long the call.
+//!
+//! Masking (DTMF digits that must not be kept): spans of wall-clock time are written as silence
+//! on both channels, including audio already placed but not yet emitted.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +61,9 @@ pub struct TimelineConfig {
     pub buffer: Duration,
     /// Re-anchor a stream when its RTP timestamp and its arrival disagree by more than this (250 ms).
     pub resync: Duration,
+    /// Slew a stream's anchor when its sender's clock has drifted this far from arrival time
+    /// (20 ms).
+    pub drift: Duration,
 }
 
 impl Default for TimelineConfig {
@@ -60,6 +73,7 @@ impl Default for TimelineConfig {
             reorder_window: Duration::from_millis(60),
             buffer: Duration::from_secs(2),
             resync: Duration::from_millis(250),
+            drift: Duration::from_millis(20),
         }
     }
 }
@@ -75,6 +89,8 @@ pub struct LegStats {
     pub late: u64,
     /// Packets whose sequence number had already been seen; not written again.
     pub duplicates: u64,
+    /// Times the sender's clock skew was corrected (anchor slewed by about `drift`).
+    pub slews: u64,
 }
 
 /// One run of sequence numbers: from a new SSRC (or a confirmed restart) on. Numbers are
@@ -137,7 +153,14 @@ struct Leg {
     anchor_ts: i64,
     /// RTP clock the anchor was taken with; a change re-anchors.
     anchor_rate: u32,
+    /// Clock-skew tracking: least lag (arrival minus prediction, frames) of the current window
+    /// and the packets in it.
+    window_min_lag: i64,
+    window_packets: u32,
 }
+
+/// Packets per skew window: 2 s of 20 ms packets, enough for one to arrive without queueing.
+const SKEW_WINDOW: u32 = 100;
 
 impl Leg {
     fn close_run(&mut self) {
@@ -196,6 +219,30 @@ impl Leg {
         self.anchor_pos = pos;
         self.anchor_ts = ext_ts;
         self.anchor_rate = ts_rate;
+        self.window_packets = 0;
+        self.window_min_lag = i64::MAX;
+    }
+
+    /// Feeds one in-order packet's lag into the skew window. At the end of a window whose least
+    /// lag is `drift` or more away from zero, slews the anchor by it: the sender's clock has
+    /// drifted (or the anchoring packet itself was held up in the network, or the path got
+    /// slower for good) and the least-delayed packets show where the stream really is. Returns
+    /// the slew applied (frames), if any.
+    fn track_skew(&mut self, lag: i64, drift: i64) -> Option<i64> {
+        self.window_min_lag = self.window_min_lag.min(lag);
+        self.window_packets += 1;
+        if self.window_packets < SKEW_WINDOW {
+            return None;
+        }
+        let least = self.window_min_lag;
+        self.window_packets = 0;
+        self.window_min_lag = i64::MAX;
+        if least.abs() < drift {
+            return None;
+        }
+        self.anchor_pos += least;
+        self.stats.slews += 1;
+        Some(least)
     }
 
     fn stats(&self) -> LegStats {
@@ -277,6 +324,9 @@ pub struct Timeline {
     pending: Vec<i16>,
     legs: [Leg; 2],
     closed: bool,
+    /// Spans `[from, to)` of positions written as silence on both channels; `to` is `None`
+    /// while the span is open. Oldest first, pruned as they are emitted.
+    masks: Vec<(i64, Option<i64>)>,
 }
 
 impl std::fmt::Debug for Timeline {
@@ -319,6 +369,7 @@ impl Timeline {
             pending: Vec::new(),
             legs: [Leg::default(), Leg::default()],
             closed: false,
+            masks: Vec::new(),
             cfg,
         }
     }
@@ -380,7 +431,15 @@ impl Timeline {
                 .anchor_pos
                 .saturating_add(i64::try_from(offset).unwrap_or(i64::MAX));
             if predicted.abs_diff(arrival_pos) <= resync.unsigned_abs() {
-                predicted
+                if outcome == SeqOutcome::Advanced {
+                    let drift = frames(self.cfg.drift, rate, false).max(1);
+                    match leg.track_skew(arrival_pos - predicted, drift) {
+                        Some(moved) => predicted + moved,
+                        None => predicted,
+                    }
+                } else {
+                    predicted
+                }
             } else if outcome == SeqOutcome::Advanced {
                 // Hold/resume, a timestamp jump, or a restart: follow the wall clock again.
                 leg.anchor(arrival_pos, ext_ts, ts_rate);
@@ -393,6 +452,60 @@ impl Timeline {
             }
         };
         self.place(side, pos, pcm);
+    }
+
+    /// Counts a packet that carries no audio to place (comfort noise, RFC 4733 events) in its
+    /// side's sequence tracking, so that its number is neither lost nor the next audio packet's
+    /// gap; its timestamp is not used (an event keeps its start timestamp for its whole length).
+    pub fn note(&mut self, side: Side, rtp: &RtpHeader) {
+        let leg = &mut self.legs[side.index()];
+        leg.stats.packets += 1;
+        if leg.ssrc.is_some() && leg.ssrc != Some(rtp.ssrc) {
+            // Another source (events sent with their own SSRC): nothing to track against.
+            return;
+        }
+        leg.ssrc = Some(rtp.ssrc);
+        if leg.track_seq(rtp.seq) == SeqOutcome::Duplicate {
+            leg.stats.duplicates += 1;
+        }
+    }
+
+    /// Starts writing silence on both channels from `at` (reaching back over audio not yet
+    /// emitted) until [`Timeline::unmask`].
+    pub fn mask(&mut self, at: Instant) {
+        let from = self.position(at).max(self.ring.emitted);
+        if self.masks.last().is_some_and(|(_, to)| to.is_none()) {
+            return;
+        }
+        self.masks.push((from, None));
+    }
+
+    /// Ends the open mask at `at` (not before where it began).
+    pub fn unmask(&mut self, at: Instant) {
+        let to = self.position(at);
+        if let Some((from, end @ None)) = self.masks.last_mut() {
+            *end = Some(to.max(*from));
+        }
+    }
+
+    /// Zeroes the masked positions among `emitted .. to` in the ring before they are emitted.
+    fn apply_masks(&mut self, to: i64) {
+        let emitted = self.ring.emitted;
+        let capacity = self.ring.capacity();
+        for &(from, end) in &self.masks {
+            let start = from.max(emitted);
+            let stop = end.unwrap_or(i64::MAX).min(to).min(emitted + capacity);
+            if start >= stop {
+                continue;
+            }
+            let skip = usize::try_from(start - emitted).unwrap_or(0);
+            let count = usize::try_from(stop - start).unwrap_or(0);
+            for frame in self.ring.slots(emitted).skip(skip).take(count) {
+                *frame = [0, 0];
+            }
+        }
+        self.masks
+            .retain(|&(_, end)| end.is_none_or(|end| end > to));
     }
 
     /// Writes one side's samples at `pos..`, cutting what lies before 0 or before the emission
@@ -414,8 +527,9 @@ impl Timeline {
             if cur >= room_end {
                 // Keep as much of this packet in the ring as fits; what is emitted early stays in
                 // order in `pending` (never dropped, bounded by the packet's distance ahead).
-                self.ring
-                    .emit_to((end - capacity).min(cur), &mut self.pending);
+                let early = (end - capacity).min(cur);
+                self.apply_masks(early);
+                self.ring.emit_to(early, &mut self.pending);
                 continue;
             }
             let chunk_end = end.min(room_end);
@@ -438,6 +552,7 @@ impl Timeline {
         }
         let window = frames(self.cfg.reorder_window, self.rate, false);
         let ready = self.position(now).saturating_sub(window);
+        self.apply_masks(ready);
         self.ring.emit_to(ready, out);
     }
 
@@ -461,6 +576,7 @@ impl Timeline {
         self.ring.emitted -= excess as i64;
         out.extend_from_slice(&self.pending);
         self.pending.clear();
+        self.apply_masks(total);
         self.ring.emit_to(total, out);
         self.closed = true;
     }
@@ -1064,11 +1180,229 @@ mod tests {
             lost: 2,
             late: 3,
             duplicates: 4,
+            slews: 5,
         };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
-            r#"{"packets":1,"lost":2,"late":3,"duplicates":4}"#
+            r#"{"packets":1,"lost":2,"late":3,"duplicates":4,"slews":5}"#
         );
+    }
+
+    /// A deterministic generator of jitter (xorshift), so runs are reproducible.
+    struct Jitter(u64);
+
+    impl Jitter {
+        fn next_ms(&mut self, max: u64) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % (max * 1000)) as f64 / 1000.0
+        }
+    }
+
+    /// The packet index a sample value stands for (`value = index % 30000 + 1`), unwrapped to
+    /// the index nearest `near`.
+    fn index_of(value: i16, near: f64) -> f64 {
+        let base = f64::from(value - 1);
+        let k = ((near - base) / 30000.0).round();
+        base + k * 30000.0
+    }
+
+    #[test]
+    fn an_hour_of_skewed_clocks_and_jitter_keeps_the_channels_aligned() {
+        // The caller's clock runs 100 ppm fast, the callee's 100 ppm slow: without correction
+        // they would drift 0.72 s apart in the hour. Each packet waits 0-30 ms in the network.
+        const HOUR_PACKETS: u32 = 180_000;
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(t0, TimelineConfig::default());
+        let skews = [100e-6, -100e-6];
+        let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15);
+        // (arrival ms, side, packet index), in arrival order.
+        let mut arrivals: Vec<(f64, usize, u32)> = Vec::with_capacity(2 * HOUR_PACKETS as usize);
+        for (side, skew) in skews.iter().enumerate() {
+            for n in 0..HOUR_PACKETS {
+                // Packet n is sent when the sender's clock reads n * 20 ms.
+                let sent = f64::from(n) * 20.0 / (1.0 + skew);
+                arrivals.push((sent + jitter.next_ms(30), side, n));
+            }
+        }
+        arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut out = Vec::new();
+        let mut checked = 0u64;
+        let mut worst: f64 = 0.0;
+        let mut worst_last_minute: f64 = 0.0;
+        let mut next_drain = 20.0;
+        let mut frame = 0u64;
+        let mut check = |out: &mut Vec<i16>, frame: &mut u64| {
+            for pair in out.chunks_exact(2) {
+                let t_ms = *frame as f64 / 8.0;
+                *frame += 1;
+                if pair[0] == 0 || pair[1] == 0 {
+                    continue;
+                }
+                // When each side's sample was sent, by the true clock.
+                let sent = |side: usize, v: i16| {
+                    let near = t_ms * (1.0 + skews[side]) / 20.0;
+                    index_of(v, near) * 20.0 / (1.0 + skews[side])
+                };
+                let apart = (sent(0, pair[0]) - sent(1, pair[1])).abs();
+                worst = worst.max(apart);
+                if t_ms > 3_540_000.0 {
+                    worst_last_minute = worst_last_minute.max(apart);
+                }
+                checked += 1;
+            }
+            out.clear();
+        };
+        for (ms, side, n) in arrivals {
+            while ms >= next_drain {
+                tl.drain_ready(t0 + Duration::from_secs_f64(next_drain / 1000.0), &mut out);
+                check(&mut out, &mut frame);
+                next_drain += 20.0;
+            }
+            let h = hdr(n as u16, n.wrapping_mul(160), 1 + side as u32);
+            let value = (n % 30_000) as i16 + 1;
+            let s = if side == 0 {
+                Side::Caller
+            } else {
+                Side::Callee
+            };
+            tl.push(
+                s,
+                t0 + Duration::from_secs_f64(ms / 1000.0),
+                &h,
+                8000,
+                &block(value),
+            );
+        }
+        // The slow side's last packet arrives about 0.36 s after the hour.
+        let end_ms = next_drain + 100.0;
+        tl.finish(t0 + Duration::from_secs_f64(end_ms / 1000.0), &mut out);
+        check(&mut out, &mut frame);
+        // Exactly the recording's length in frames, nearly all with both sides present.
+        assert_eq!(frame, (end_ms * 8.0).round() as u64);
+        assert!(checked > 3590 * 8000, "{checked} frames with both sides");
+        // Same-instant audio of the two sides was sent within 2 x drift + one packet of each
+        // other, over the whole hour (uncorrected, 720 ms by the end).
+        eprintln!(
+            "skew: worst {worst:.1} ms, last minute {worst_last_minute:.1} ms, slews {:?}",
+            [tl.stats(Side::Caller).slews, tl.stats(Side::Callee).slews]
+        );
+        assert!(worst <= 60.0, "channels {worst:.1} ms apart at worst");
+        assert!(
+            worst_last_minute <= 60.0,
+            "{worst_last_minute:.1} ms in the last minute"
+        );
+        // 0.36 s of drift each, taken in steps of about 20 ms.
+        for side in [Side::Caller, Side::Callee] {
+            let stats = tl.stats(side);
+            assert_eq!(stats.lost, 0);
+            assert!((10..=40).contains(&stats.slews), "{side:?}: {stats:?}");
+        }
+    }
+
+    #[test]
+    fn a_masked_span_is_silent_on_both_channels_even_for_audio_already_placed() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(t0, TimelineConfig::default());
+        let mut out = Vec::new();
+        for i in 0..100u32 {
+            let ms = u64::from(i) * PTIME;
+            push_regular(&mut tl, t0, Side::Caller, i, ms, 1, 0, 1, 1000);
+            push_regular(&mut tl, t0, Side::Callee, i, ms, 1, 0, 2, -1000);
+            // A digit from 500 ms to 900 ms: the mask starts 40 ms back, over audio already
+            // placed but within the reorder window.
+            if ms == 540 {
+                tl.mask(at(t0, 500));
+            }
+            if ms == 900 {
+                tl.unmask(at(t0, 900));
+            }
+            tl.drain_ready(at(t0, ms), &mut out);
+        }
+        tl.finish(at(t0, 2000), &mut out);
+        let (l, r) = channels(&out);
+        assert_eq!(l.len(), 16_000);
+        assert_range(&l, 0, 4000, 1000, "caller before");
+        assert_range(&r, 0, 4000, -1000, "callee before");
+        assert_range(&l, 4000, 7200, 0, "caller masked");
+        assert_range(&r, 4000, 7200, 0, "callee masked");
+        assert_range(&l, 7200, 16_000, 1000, "caller after");
+        assert_range(&r, 7200, 16_000, -1000, "callee after");
+    }
+
+    #[test]
+    fn an_open_mask_at_the_end_silences_the_rest() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(t0, TimelineConfig::default());
+        let mut out = Vec::new();
+        for i in 0..50u32 {
+            push_regular(
+                &mut tl,
+                t0,
+                Side::Caller,
+                i,
+                u64::from(i) * PTIME,
+                1,
+                0,
+                1,
+                7,
+            );
+        }
+        tl.mask(at(t0, 600));
+        tl.finish(at(t0, 1000), &mut out);
+        let (l, _) = channels(&out);
+        assert_range(&l, 0, 4800, 7, "before");
+        assert_range(&l, 4800, 8000, 0, "masked to the end");
+    }
+
+    #[test]
+    fn comfort_noise_and_event_packets_are_not_counted_as_loss() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new(t0, TimelineConfig::default());
+        let mut out = Vec::new();
+        // Audio with seq 1..=10, then CN (seq 11, 12), then audio again (13..=20), with an
+        // RFC 4733 event packet (seq 21, its own start timestamp) and a duplicate of it.
+        for i in 0..10u32 {
+            push_regular(
+                &mut tl,
+                t0,
+                Side::Caller,
+                i,
+                u64::from(i) * PTIME,
+                1,
+                0,
+                1,
+                5,
+            );
+        }
+        tl.note(Side::Caller, &hdr(11, 1600, 1));
+        tl.note(Side::Caller, &hdr(12, 1600, 1));
+        for i in 12..20u32 {
+            push_regular(
+                &mut tl,
+                t0,
+                Side::Caller,
+                i,
+                u64::from(i) * PTIME,
+                1,
+                0,
+                1,
+                5,
+            );
+        }
+        tl.note(Side::Caller, &hdr(21, 3000, 1));
+        tl.note(Side::Caller, &hdr(21, 3000, 1));
+        tl.finish(at(t0, 400), &mut out);
+        let stats = tl.stats(Side::Caller);
+        assert_eq!(
+            (stats.packets, stats.lost, stats.duplicates),
+            (22, 0, 1),
+            "{stats:?}"
+        );
+        // The CN stretch is silence: nothing was written for it.
+        let (l, _) = channels(&out);
+        assert_range(&l, 1600, 1920, 0, "comfort noise as silence");
     }
 
     proptest! {
