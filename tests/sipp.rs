@@ -5,48 +5,12 @@
 
 mod support;
 
-use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recproxy::demo::tone::rms;
+use support::sipp::{free_udp_port, sipp, wait};
 use support::{sidecars, write_config, Daemon, Wav};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sipp(cwd: &Path, args: &[String]) -> Child {
-    Command::new("sipp")
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run sipp ({e}): install it with `apt-get install sip-tester` (.ci/run does)")
-        })
-}
-
-fn wait(mut child: Child, name: &str, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{name} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn sipp_uac_and_uas_with_pcap_audio_through_the_proxy_are_recorded_on_both_channels() {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod sipp;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
