@@ -32,6 +32,9 @@ pub struct Dialog {
     pub callee_tag: Option<String>,
     /// When the session timer (RFC 4028) runs out unless a refresh comes.
     pub session_expires: Option<std::time::Instant>,
+    /// The party that sent an INVITE without SDP whose 2xx carried an offer: its ACK owes the
+    /// answer (RFC 3261 §13.2.1, RFC 3264 §4).
+    pub late_offer: Option<crate::sip::proxy::Party>,
 }
 
 impl Dialog {

@@ -161,6 +161,13 @@ pub enum CallEventKind {
         /// The party that sent the REFER; `None` for Replaces (a third party's INVITE).
         by: Option<Party>,
     },
+    /// A party's ACK came without the answer its SDP-less INVITE owed to the offer in the 2xx
+    /// (RFC 3264 §4 wants it there); the offer is taken as accepted as it stands, the way the
+    /// other party will have taken it.
+    OfferAccepted {
+        /// The party whose ACK it was.
+        by: Party,
+    },
     /// The session timer (RFC 4028) ran out without a refresh. The parties' own timers should
     /// end the call with a BYE; if they do not, the session is dead only once its media stops.
     /// The core keeps the dialog until the registry calls `forget_call` (or a BYE comes).
@@ -846,6 +853,7 @@ impl Proxy {
                             challenge: None,
                             callee_tag: None,
                             session_expires: None,
+                            late_offer: None,
                         },
                     );
                 }
@@ -857,6 +865,15 @@ impl Proxy {
             // Another fork's dialog (say the caller hanging up a second 2xx): not the
             // recorded call, so no anchoring and no end of the recording.
             return None;
+        }
+        if dialog.callee_tag.as_deref() == Some(dialog.caller_tag.as_str()) {
+            // Both parties chose the same tag (RFC 3261 wants them random, some test tools
+            // number them): the tags cannot tell, the caller's address can.
+            return Some(if from.addr == dialog.caller_source {
+                Party::Caller
+            } else {
+                Party::Callee
+            });
         }
         Some(if dialog.caller_tag == from_tag {
             Party::Caller
@@ -933,6 +950,14 @@ impl Proxy {
         req.push_header_top("Via", &self.via_value(&branch, dest.transport));
         if let Some(party) = self.request_party(from, &req, "ACK", false, &call_id) {
             anchor_body(&mut req, &call_id, party, now, media);
+            let owed = self
+                .dialogs
+                .get_mut(&call_id)
+                .filter(|d| d.late_offer == Some(party))
+                .map(|d| d.late_offer.take());
+            if owed.is_some() && req.body().is_empty() {
+                self.emit(now, &call_id, CallEventKind::OfferAccepted { by: party });
+            }
         }
         self.out.push_back(Output::Send {
             to: dest,
@@ -1064,11 +1089,27 @@ impl Proxy {
             }
             return;
         }
+        if resp.top_via().is_none() {
+            // The next hop built its response from another message's Via (SIPp scenarios
+            // that copy the CANCEL's, which carries only ours): the request we forwarded
+            // holds the Via stack the response must carry back (RFC 3261 §8.2.6.2).
+            let upstream: Vec<String> = ctxn
+                .request
+                .header_all("Via")
+                .skip(1)
+                .map(str::to_string)
+                .collect();
+            for via in upstream.iter().rev() {
+                resp.push_header_top("Via", via);
+            }
+            tracing::debug!(%from, status, "response without the upstream Vias: restored from the request");
+        }
         let party = ctxn.party.map(Party::other);
         let requester = ctxn.party;
         let call_id = ctxn.call_id.clone();
         let initial_invite = ctxn.initial_invite;
         let invite = ctxn.invite;
+        let request_without_sdp = ctxn.request.body().is_empty();
         let first_final = status >= 200 && ctxn.final_status.is_none();
         let mut cleanup_at = None;
         let mut timer_c_at = None;
@@ -1148,12 +1189,25 @@ impl Proxy {
         if initial_invite && first_final {
             self.invite_final(now, &call_id, status, &resp, server_key.as_ref());
         }
+        if live && first_final && (200..300).contains(&status) && invite {
+            let offer_in_2xx = request_without_sdp && !resp.body().is_empty();
+            if let Some(d) = self.dialogs.get_mut(&call_id) {
+                d.late_offer = if offer_in_2xx { requester } else { None };
+            }
+        }
         if live && first_final && (200..300).contains(&status) {
             match request_method.as_str() {
                 "REFER" => self.emit(now, &call_id, CallEventKind::Transferred { by: requester }),
                 "INVITE" | "UPDATE" => self.session_refreshed(now, &call_id, &resp),
                 _ => {}
             }
+        }
+        if resp.top_via().is_none() {
+            // RFC 3261 §16.7 step 3: with no Via left the response was meant for us; it goes
+            // nowhere (our transaction has taken note of it above).
+            self.stats.dropped_responses += 1;
+            tracing::warn!(%from, status, call_id = %call_id, "response with no Via but ours: not forwarded");
+            return;
         }
         let bytes = resp.to_bytes();
         let Some(skey) = server_key else { return };
@@ -1447,8 +1501,13 @@ impl Proxy {
         reason: &str,
         why: &dyn std::fmt::Display,
     ) {
-        tracing::warn!(%from, code, call_id = req.call_id().unwrap_or_default(), reason = %why, "rejecting request");
         self.stats.rejected_requests += 1;
+        if req.method() == Some("ACK") {
+            // An ACK gets no response (RFC 3261 §17.2.1): it is dropped.
+            tracing::warn!(%from, call_id = req.call_id().unwrap_or_default(), reason = %why, "dropping invalid ACK");
+            return;
+        }
+        tracing::warn!(%from, code, call_id = req.call_id().unwrap_or_default(), reason = %why, "rejecting request");
         self.reply(from, req, code, reason);
     }
 

@@ -1657,3 +1657,67 @@ fn uri_targets_tell_names_from_addresses() {
         Err(RouteError::BadUri(_))
     ));
 }
+
+// ----- odd peers: equal tags, lost Vias, answers owed in the ACK ---------------------------
+
+#[test]
+fn equal_from_and_to_tags_are_told_apart_by_the_callers_address() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    // The PBX picked the caller's own tag for its side.
+    h.input(PBX, &response(&fwd, 200, "OK", Some("from1"), "", SDP));
+    let bye = "BYE sip:0401234567@198.51.100.7:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKpbxbye\r\nRoute: <sip:192.0.2.10:5060;lr>\r\n\
+Max-Forwards: 70\r\nFrom: <sip:0295120000@192.0.2.10>;tag=from1\r\n\
+To: \"Caller\" <sip:0401234567@198.51.100.7>;tag=from1\r\n\
+Call-ID: call-1@198.51.100.7\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n";
+    let (_, events) = h.input(PBX, bye);
+    assert_eq!(events[0].kind, CallEventKind::Bye { by: Party::Callee });
+}
+
+#[test]
+fn a_response_that_lost_the_upstream_vias_gets_them_back_from_the_request() {
+    let mut h = Harness::new();
+    let fwd = start_call(&mut h);
+    // Built with only our Via (copied from our CANCEL, say).
+    let ours = headers(&fwd, "Via")[0].clone();
+    let lost = response(&fwd, 180, "Ringing", Some("t1"), "", "").replace(
+        &format!("Via: {ours}\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport\r\n"),
+        &format!("Via: {ours}\r\n"),
+    );
+    assert_eq!(headers(&lost, "Via").len(), 1);
+    let (sends, _) = h.input(PBX, &lost);
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert_eq!(
+        headers(&sends[0].1, "Via"),
+        ["SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc1;rport"]
+    );
+}
+
+#[test]
+fn an_ack_without_the_owed_answer_accepts_the_offer_in_the_2xx() {
+    let mut h = Harness::new();
+    answered_call(&mut h, "");
+    // The caller re-INVITEs without SDP; the PBX offers in its 200; the ACK has no answer.
+    let reinvite = in_dialog_from_caller("INVITE", 2, "");
+    let (sends, _) = h.input(PHONE, &reinvite);
+    let fwd = sends.last().unwrap().1.clone();
+    let (_, events) = h.input(PBX, &response(&fwd, 200, "OK", Some("pbx1"), "", SDP));
+    assert!(events.is_empty(), "{events:?}");
+    let (_, events) = h.input(PHONE, &in_dialog_from_caller("ACK", 2, ""));
+    assert_eq!(
+        events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(),
+        [CallEventKind::OfferAccepted { by: Party::Caller }]
+    );
+    // With the answer in the ACK nothing is made up.
+    let (sends, _) = h.input(PHONE, &in_dialog_from_caller("INVITE", 3, ""));
+    let fwd = sends.last().unwrap().1.clone();
+    h.input(PBX, &response(&fwd, 200, "OK", Some("pbx1"), "", SDP));
+    let ack = in_dialog_from_caller("ACK", 3, "Content-Type: application/sdp\r\n").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {}\r\n\r\n{SDP}", SDP.len()),
+    );
+    let (_, events) = h.input(PHONE, &ack);
+    assert!(events.is_empty(), "{events:?}");
+}
