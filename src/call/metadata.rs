@@ -165,6 +165,13 @@ pub struct CallEventRecord {
     /// left out for other events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codec: Option<String>,
+    /// For `dtmf`: the digit (`0`-`9`, `*`, `#`, `A`-`D`, `F` for flash); left out when the
+    /// service masks DTMF (the digit is never stored) and for other events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digit: Option<String>,
+    /// For `dtmf`: how long the key was held, as the sender measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 /// The WAV file.
@@ -400,18 +407,24 @@ mod tests {
             kind: "hold".into(),
             by: Some("caller".into()),
             codec: None,
+            digit: None,
+            duration_ms: None,
         };
         let gap = CallEventRecord {
             at_ms: 20,
             kind: "gap".into(),
             by: None,
             codec: None,
+            digit: None,
+            duration_ms: None,
         };
         let change = CallEventRecord {
             at_ms: 2004,
             kind: "codec_change".into(),
             by: Some("caller".into()),
             codec: Some("PCMA".into()),
+            digit: None,
+            duration_ms: None,
         };
         assert_eq!(
             serde_json::to_value(&hold).unwrap(),
@@ -527,18 +540,24 @@ mod tests {
                 kind: "hold".into(),
                 by: Some("caller".into()),
                 codec: None,
+                digit: None,
+                duration_ms: None,
             },
             CallEventRecord {
                 at_ms: 2000,
                 kind: "codec_change".into(),
                 by: Some("callee".into()),
                 codec: Some("PCMA".into()),
+                digit: None,
+                duration_ms: None,
             },
             CallEventRecord {
                 at_ms: 2500,
                 kind: "transfer".into(),
                 by: None,
                 codec: None,
+                digit: None,
+                duration_ms: None,
             },
         ];
         full.wav = Some(WavInfo {

@@ -19,7 +19,7 @@ use crate::codec::Codec;
 use crate::media::ports::{PortError, PortPool};
 use crate::media::relay::{self, RelayControl, RelayEvent, RelayHandle};
 use crate::media::tap::{Tap, TapDrops};
-use crate::record::recorder::{CodecMap, Command, Recorder, StartRecording};
+use crate::record::recorder::{Aux, AuxMap, CodecMap, Command, Recorder, StartRecording};
 use crate::sdp::{Direction as MediaDirection, MediaView, Sdp};
 use crate::sip::proxy::{CallEvent, CallEventKind, InviteInfo, MediaAnchor, Party};
 
@@ -50,6 +50,8 @@ pub fn wall_time(at: Instant) -> SystemTime {
 
 struct Stream {
     relay: RelayHandle,
+    /// [caller, callee]: that party's latest SDP refused or removed the stream (port 0).
+    refused: [bool; 2],
 }
 
 /// A change of the call's hold state, with the party it is put down to.
@@ -141,6 +143,11 @@ struct Call {
     audio: Option<usize>,
     /// Codecs each party offered/answered for the audio stream: [caller, callee].
     codecs: [CodecMap; 2],
+    /// Telephone-event and comfort-noise payload types of each party's SDP: [caller, callee].
+    aux: [AuxMap; 2],
+    /// The party whose SDP is an offer still waiting for its answer (RFC 3264): the other
+    /// party's next SDP answers it.
+    pending_offer: Option<Party>,
     /// Encodings named in the audio stream that we cannot decode.
     unknown_codecs: Vec<String>,
     encrypted: bool,
@@ -224,6 +231,8 @@ impl Call {
                 kind: "transfer".into(),
                 by: by.map(|p| party_name(p).to_string()),
                 codec: None,
+                digit: None,
+                duration_ms: None,
             });
         }
     }
@@ -249,6 +258,8 @@ impl Call {
                 kind: kind.to_string(),
                 by: Some(party_name(by).to_string()),
                 codec: None,
+                digit: None,
+                duration_ms: None,
             });
         }
     }
@@ -264,6 +275,8 @@ impl Call {
             kind: "codec_change".to_string(),
             by: Some(party_name(by).to_string()),
             codec: Some(codec.name().to_string()),
+            digit: None,
+            duration_ms: None,
         });
     }
 }
@@ -352,6 +365,7 @@ impl CallRegistry {
                 self.persist_if_new_events(&call_id, before);
             }
             CallEventKind::SessionExpired => return self.session_expired(call_id, at),
+            CallEventKind::OfferAccepted { by } => self.offer_accepted(&call_id, by, at),
             CallEventKind::Bye { by } => {
                 if let Some(call) = self.calls.remove(&call_id) {
                     let reason = match by {
@@ -363,6 +377,20 @@ impl CallRegistry {
             }
         }
         None
+    }
+
+    /// `by` accepted the other party's offer without an answer of its own (its ACK had no SDP):
+    /// its hold state follows the offer's, as a complementary answer would have (a `sendrecv`
+    /// offer ends a hold `by` started, a `sendonly` one keeps or starts it).
+    fn offer_accepted(&mut self, call_id: &str, by: Party, at: Instant) {
+        let before = self.events_of(call_id);
+        if let Some(call) = self.calls.get_mut(call_id) {
+            let offer_holds = call.hold.held[idx(by.other())];
+            if let Some(change) = call.hold.update(by, offer_holds) {
+                call.hold_changed(change, at);
+            }
+        }
+        self.persist_if_new_events(call_id, before);
     }
 
     /// RFC 4028 expiry. An answered call whose media is anchored goes on: the parties may well
@@ -391,6 +419,8 @@ impl CallRegistry {
                     kind: "session_expired".into(),
                     by: None,
                     codec: None,
+                    digit: None,
+                    duration_ms: None,
                 });
             }
         }
@@ -533,6 +563,7 @@ impl CallRegistry {
             sidecar_path,
             start: at,
             codecs: decode_maps(&call.codecs),
+            aux: decode_aux_maps(&call.aux),
             record: call.record.clone(),
         })));
         stream.relay.control(RelayControl::Tap(Some(Tap {
@@ -631,13 +662,25 @@ impl CallRegistry {
         let events = self.relay_events.clone();
         let recorder = &self.recorder;
         let call = call_entry(&mut self.calls, call_id);
-        // A stream refused or removed (port 0, RFC 3264 §6) gives back its relay and ports.
+        // Offer or answer: the other party's pending offer makes this its answer.
+        let answer = call.pending_offer == Some(party.other());
+        call.pending_offer = if answer { None } else { Some(party) };
+        // A stream refused or removed (port 0, RFC 3264 §6) gives back its relay and ports with
+        // the answer that says so: an offer to remove it only takes effect with the answer, and
+        // an offer refused (a 488 to the re-INVITE) changes nothing (RFC 3261 §14.1).
         for view in views.iter().filter(|v| v.port == 0) {
-            if let Some(slot) = call.streams.get_mut(view.index) {
+            let Some(slot) = call.streams.get_mut(view.index) else {
+                continue;
+            };
+            let Some(stream) = slot.as_mut() else {
+                continue;
+            };
+            stream.refused[idx(party)] = true;
+            if answer || stream.refused[idx(party.other())] {
                 *slot = None;
-            }
-            if call.audio == Some(view.index) {
-                call.audio = None;
+                if call.audio == Some(view.index) {
+                    call.audio = None;
+                }
             }
         }
         // Streams opened by this SDP, released again if a later one cannot be: streams that
@@ -674,7 +717,10 @@ impl CallRegistry {
                         if call.answered_at.is_some() && !call.hold.on_hold() {
                             relay.control(RelayControl::Arm);
                         }
-                        call.streams[view.index] = Some(Stream { relay });
+                        call.streams[view.index] = Some(Stream {
+                            relay,
+                            refused: [false; 2],
+                        });
                         opened.push(view.index);
                     }
                     Err(e) => {
@@ -682,6 +728,9 @@ impl CallRegistry {
                         continue;
                     }
                 }
+            }
+            if let Some(stream) = call.streams[view.index].as_mut() {
+                stream.refused[idx(party)] = false;
             }
             let Some(stream) = call.streams[view.index].as_ref() else {
                 continue;
@@ -711,7 +760,8 @@ impl CallRegistry {
             if is_audio {
                 call.audio = Some(view.index);
                 call.encrypted |= view.encrypted;
-                let (map, unknown) = codec_map(view);
+                let (map, aux, unknown) = codec_map(view);
+                call.aux[idx(party)] = aux;
                 let codecs = map.iter().map(|&(_, c)| c).collect();
                 codec_change = call.codec.update(party, codecs).or(codec_change);
                 call.codecs[idx(party)] = with_previous(map, &call.codecs[idx(party)]);
@@ -720,6 +770,7 @@ impl CallRegistry {
                     recorder.send(Command::Codecs {
                         slot: rec.slot,
                         codecs: decode_maps(&call.codecs),
+                        aux: decode_aux_maps(&call.aux),
                     });
                 }
             }
@@ -826,9 +877,29 @@ fn decode_maps(sdp_maps: &[CodecMap; 2]) -> [CodecMap; 2] {
     ]
 }
 
-/// Decodable payload types of an audio stream, and the names of those we cannot decode.
-fn codec_map(view: &MediaView) -> (CodecMap, Vec<String>) {
+/// Like [`decode_maps`] for the payload types that carry no audio; static PT 13 is comfort
+/// noise (RFC 3551) wherever no SDP names it otherwise.
+fn decode_aux_maps(sdp_maps: &[AuxMap; 2]) -> [AuxMap; 2] {
+    let merge = |first: &AuxMap, second: &AuxMap| {
+        let mut map = first.clone();
+        for entry in second.iter().chain(&[(13, Aux::ComfortNoise)]) {
+            if !map.iter().any(|(pt, _)| *pt == entry.0) {
+                map.push(*entry);
+            }
+        }
+        map
+    };
+    [
+        merge(&sdp_maps[1], &sdp_maps[0]),
+        merge(&sdp_maps[0], &sdp_maps[1]),
+    ]
+}
+
+/// Decodable payload types of an audio stream, its telephone-event and comfort-noise payload
+/// types, and the names of those we cannot decode.
+fn codec_map(view: &MediaView) -> (CodecMap, AuxMap, Vec<String>) {
     let mut map = Vec::new();
+    let mut aux = Vec::new();
     let mut unknown = Vec::new();
     for &pt in &view.payload_types {
         let named = view.rtpmaps.iter().find(|m| m.payload_type == pt);
@@ -838,14 +909,21 @@ fn codec_map(view: &MediaView) -> (CodecMap, Vec<String>) {
         };
         match (codec, named) {
             (Some(c), _) => map.push((pt, c)),
-            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("telephone-event") => {}
-            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("CN") => {}
+            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("telephone-event") => aux.push((
+                pt,
+                Aux::TelephoneEvent {
+                    clock_rate: m.clock_rate,
+                },
+            )),
+            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("CN") => {
+                aux.push((pt, Aux::ComfortNoise))
+            }
             (None, Some(m)) => unknown.push(m.encoding.clone()),
-            (None, None) if pt == 13 => {}
+            (None, None) if pt == 13 => aux.push((pt, Aux::ComfortNoise)),
             (None, None) => unknown.push(format!("PT {pt}")),
         }
     }
-    (map, unknown)
+    (map, aux, unknown)
 }
 
 /// The call of `call_id`, created on first sight (the first SDP of a call arrives just before
@@ -857,6 +935,8 @@ fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mu
         streams: Vec::new(),
         audio: None,
         codecs: [Vec::new(), Vec::new()],
+        aux: [Vec::new(), Vec::new()],
+        pending_offer: None,
         unknown_codecs: Vec::new(),
         encrypted: false,
         media_error: None,
@@ -890,6 +970,7 @@ mod tests {
                 header_update: Duration::from_secs(5),
                 timeline: TimelineConfig::default(),
                 tap_queue: 64,
+                mask_dtmf: false,
             },
             recorder_tx,
         )
@@ -1080,13 +1161,17 @@ mod tests {
                     at_ms: 1000,
                     kind: "hold".into(),
                     by: by("caller"),
-                    codec: None
+                    codec: None,
+                    digit: None,
+                    duration_ms: None,
                 },
                 CallEventRecord {
                     at_ms: 2505,
                     kind: "resume".into(),
                     by: by("caller"),
-                    codec: None
+                    codec: None,
+                    digit: None,
+                    duration_ms: None,
                 },
             ]
         );
@@ -1120,13 +1205,17 @@ mod tests {
                     at_ms: 3000,
                     kind: "hold".into(),
                     by: by("callee"),
-                    codec: None
+                    codec: None,
+                    digit: None,
+                    duration_ms: None,
                 },
                 CallEventRecord {
                     at_ms: 3500,
                     kind: "resume".into(),
                     by: by("callee"),
-                    codec: None
+                    codec: None,
+                    digit: None,
+                    duration_ms: None,
                 },
             ]
         );
@@ -1196,7 +1285,8 @@ mod tests {
                 (97, Codec::Pcma),
                 (0, Codec::Pcmu),
                 (96, Codec::Pcma),
-                (8, Codec::Pcma)
+                (8, Codec::Pcma),
+                (9, Codec::G722)
             ]
         );
         assert_eq!(
@@ -1205,7 +1295,8 @@ mod tests {
                 (96, Codec::Pcma),
                 (0, Codec::Pcmu),
                 (97, Codec::Pcma),
-                (8, Codec::Pcma)
+                (8, Codec::Pcma),
+                (9, Codec::G722)
             ]
         );
     }

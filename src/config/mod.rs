@@ -71,6 +71,8 @@ pub struct RecordingConfig {
     pub dir: PathBuf,
     /// How often an open WAV's header is brought up to date (crash safety).
     pub header_update: Duration,
+    /// RFC 4733 digits are written as silence and not stored.
+    pub mask_dtmf: bool,
 }
 
 /// Why a configuration could not be loaded.
@@ -212,6 +214,8 @@ struct RawRecording {
     dir: Option<Spanned<String>>,
     /// Optional duration, default [`default_header_update`].
     header_update: Option<Spanned<String>>,
+    /// Optional, default false.
+    mask_dtmf: Option<bool>,
 }
 
 /// Reads `path` and parses it; see [`parse`].
@@ -415,6 +419,7 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
         recording: RecordingConfig {
             dir: PathBuf::from(dir_raw.into_inner()),
             header_update,
+            mask_dtmf: recording.mask_dtmf.unwrap_or(false),
         },
         source: PathBuf::new(),
     })

@@ -77,6 +77,7 @@ fn example_file_parses_to_the_documented_values() {
             recording: RecordingConfig {
                 dir: PathBuf::from("/var/lib/recproxy/recordings"),
                 header_update: Duration::from_secs(5),
+                mask_dtmf: false,
             },
             source: PathBuf::from("etc/recproxy.toml"),
         }

@@ -101,6 +101,7 @@ impl Daemon {
                     ..TimelineConfig::default()
                 },
                 tap_queue: DEFAULT_TAP_QUEUE,
+                mask_dtmf: cfg.recording.mask_dtmf,
             },
             recorder_tx,
         )

@@ -9,10 +9,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryR
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::call::metadata::{write_sidecar, CallRecord, Decision, LegInfo, RecordState};
+use crate::call::metadata::{
+    write_sidecar, CallEventRecord, CallRecord, Decision, LegInfo, RecordState,
+};
 use crate::codec::Codec;
 use crate::media::rtp;
 use crate::media::tap::TapPacket;
+use crate::record::dtmf::{DtmfTracker, DtmfUpdate};
 use crate::record::timeline::{Side, Timeline, TimelineConfig};
 use crate::record::wav::{sha256_file, WavWriter};
 use crate::sip::proxy::Party;
@@ -21,6 +24,10 @@ use crate::sip::proxy::Party;
 const TICK: Duration = Duration::from_millis(20);
 /// Packets handled between two looks at the command queue.
 const PACKET_BATCH: usize = 512;
+/// A masked digit's silence starts this much before its first event packet and ends this much
+/// after its end packet: phones start the tone before they signal it and the event packets
+/// travel beside the audio, not ahead of it. Within the timeline's reorder window.
+const MASK_GUARD: Duration = Duration::from_millis(40);
 
 /// Recorder settings.
 #[derive(Debug, Clone)]
@@ -31,10 +38,27 @@ pub struct RecorderConfig {
     pub timeline: TimelineConfig,
     /// Depth of the tap queue in packets.
     pub tap_queue: usize,
+    /// DTMF digits are written as silence and never stored (card numbers).
+    pub mask_dtmf: bool,
 }
 
 /// Payload type to codec map of one party's stream.
 pub type CodecMap = Vec<(u8, Codec)>;
+
+/// What a payload type carries when it is not audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aux {
+    /// RFC 4733 telephone-events with this RTP clock.
+    TelephoneEvent {
+        /// RTP clock of the event stream (8000 for `telephone-event/8000`).
+        clock_rate: u32,
+    },
+    /// RFC 3389 comfort noise: written as silence.
+    ComfortNoise,
+}
+
+/// Payload types of one party's stream that carry no audio to decode.
+pub type AuxMap = Vec<(u8, Aux)>;
 
 /// Everything needed to open a recording.
 pub struct StartRecording {
@@ -48,6 +72,8 @@ pub struct StartRecording {
     pub start: Instant,
     /// Codecs by payload type of the packets each party sends: [caller, callee].
     pub codecs: [CodecMap; 2],
+    /// Event and comfort-noise payload types of the packets each party sends.
+    pub aux: [AuxMap; 2],
     /// The record as it stands (written as the first sidecar).
     pub record: CallRecord,
 }
@@ -62,6 +88,8 @@ pub enum Command {
         slot: u64,
         /// [caller, callee].
         codecs: [CodecMap; 2],
+        /// [caller, callee].
+        aux: [AuxMap; 2],
     },
     /// Close the WAV at `end`, complete the record with file and media facts, write the sidecar.
     Stop {
@@ -168,7 +196,15 @@ impl Recorder {
 struct Active {
     wav: WavWriter,
     timeline: Timeline,
+    /// Time of the first sample (event offsets count from it).
+    start: Instant,
     codecs: [CodecMap; 2],
+    aux: [AuxMap; 2],
+    /// RFC 4733 state per side, and the event clock each side last used.
+    dtmf: [DtmfTracker; 2],
+    dtmf_clock: [u32; 2],
+    /// Digits so far, merged into the record's events at the end.
+    dtmf_events: Vec<CallEventRecord>,
     first_codec: [Option<Codec>; 2],
     last_header: Instant,
     /// Set when the disk failed: no more writes, the sidecar says why.
@@ -242,9 +278,10 @@ impl Worker {
     fn command(&mut self, cmd: Command, commands: &Receiver<Command>, tap: &Receiver<TapPacket>) {
         match cmd {
             Command::Start(start) => self.open(*start),
-            Command::Codecs { slot, codecs } => {
+            Command::Codecs { slot, codecs, aux } => {
                 if let Some(a) = self.active.get_mut(&slot) {
                     a.codecs = codecs;
+                    a.aux = aux;
                 }
             }
             Command::Stop {
@@ -273,6 +310,7 @@ impl Worker {
             sidecar_path,
             start,
             codecs,
+            aux,
             record,
         } = start;
         let opened = wav_path
@@ -291,7 +329,12 @@ impl Worker {
                     Active {
                         wav,
                         timeline: Timeline::new(start, self.cfg.timeline.clone()),
+                        start,
                         codecs,
+                        aux,
+                        dtmf: [DtmfTracker::new(), DtmfTracker::new()],
+                        dtmf_clock: [8000; 2],
+                        dtmf_events: Vec::new(),
                         first_codec: [None, None],
                         last_header: Instant::now(),
                         error: None,
@@ -321,9 +364,10 @@ impl Worker {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::Start(start) => self.open(*start),
-                Command::Codecs { slot, codecs } => {
+                Command::Codecs { slot, codecs, aux } => {
                     if let Some(a) = self.active.get_mut(&slot) {
                         a.codecs = codecs;
+                        a.aux = aux;
                     }
                 }
                 other => self.deferred.push_back(other),
@@ -341,23 +385,46 @@ impl Worker {
         let Ok((header, payload)) = rtp::parse(pkt.bytes()) else {
             return;
         };
+        let pt = header.payload_type;
         let lookup = |a: &Active| {
-            a.codecs[idx(pkt.party)]
+            let codec = a.codecs[idx(pkt.party)]
                 .iter()
-                .find(|(pt, _)| *pt == header.payload_type)
-                .map(|(_, c)| *c)
+                .find(|(p, _)| *p == pt)
+                .map(|(_, c)| *c);
+            let aux = a.aux[idx(pkt.party)]
+                .iter()
+                .find(|(p, _)| *p == pt)
+                .map(|(_, x)| *x);
+            (codec, aux)
         };
-        let mut codec = lookup(active);
-        if codec.is_none() {
+        let mut found = lookup(active);
+        if found == (None, None) {
             self.pull_forward_setup(commands);
-            codec = self.active.get(&pkt.slot).and_then(lookup);
+            found = self.active.get(&pkt.slot).map_or((None, None), lookup);
         }
+        let mask = self.cfg.mask_dtmf;
         let Some(active) = self.active.get_mut(&pkt.slot) else {
             return;
         };
-        let Some(codec) = codec else {
-            // telephone-event, comfort noise and undecodable payloads carry no audio to place.
-            return;
+        let codec = match found {
+            (Some(codec), _) => codec,
+            (None, Some(Aux::ComfortNoise)) => {
+                active.timeline.note(side(pkt.party), &header);
+                return;
+            }
+            (None, Some(Aux::TelephoneEvent { clock_rate })) => {
+                active.timeline.note(side(pkt.party), &header);
+                let i = idx(pkt.party);
+                active.dtmf_clock[i] = clock_rate;
+                let mut updates = Vec::new();
+                active.dtmf[i].push(pkt.arrival, &header, payload, clock_rate, &mut updates);
+                for update in updates {
+                    active.on_dtmf(pkt.party, update, mask);
+                }
+                return;
+            }
+            // Undecodable payloads carry no audio to place.
+            (None, None) => return,
         };
         active.first_codec[idx(pkt.party)].get_or_insert(codec);
         self.pcm.clear();
@@ -372,7 +439,14 @@ impl Worker {
     }
 
     fn tick(&mut self, now: Instant) {
+        let mask = self.cfg.mask_dtmf;
         for active in self.active.values_mut() {
+            for party in [Party::Caller, Party::Callee] {
+                let i = idx(party);
+                if let Some(update) = active.dtmf[i].poll(now, active.dtmf_clock[i]) {
+                    active.on_dtmf(party, update, mask);
+                }
+            }
             self.out.clear();
             active.timeline.drain_ready(now, &mut self.out);
             write_samples(active, &self.out);
@@ -401,6 +475,14 @@ impl Worker {
             return;
         };
         let sidecar = active.sidecar.clone();
+        for party in [Party::Caller, Party::Callee] {
+            let i = idx(party);
+            if let Some(update) = active.dtmf[i].close(end, active.dtmf_clock[i]) {
+                active.on_dtmf(party, update, self.cfg.mask_dtmf);
+            }
+        }
+        record.events.append(&mut active.dtmf_events);
+        record.events.sort_by_key(|e| e.at_ms);
         self.out.clear();
         active.timeline.finish(end, &mut self.out);
         write_samples(&mut active, &self.out);
@@ -474,6 +556,47 @@ impl Worker {
             let _ = active.wav.update_header();
             tracing::warn!(recording_id = %active.recording_id, why, "recording left open");
         }
+    }
+}
+
+impl Active {
+    /// A digit began or ended on `party`'s stream: masked (silence over its audio on both
+    /// channels, from a little before to a little after), and noted as a `dtmf` event at its
+    /// start, without the digit when masking.
+    fn on_dtmf(&mut self, party: Party, update: DtmfUpdate, mask: bool) {
+        match update {
+            DtmfUpdate::Began { at, .. } => {
+                if mask {
+                    self.timeline.mask(at.checked_sub(MASK_GUARD).unwrap_or(at));
+                }
+            }
+            DtmfUpdate::Ended {
+                digit,
+                began,
+                at,
+                duration,
+            } => {
+                if mask {
+                    self.timeline.unmask(at + MASK_GUARD);
+                }
+                tracing::debug!(recording_id = %self.recording_id, by = ?party, "DTMF digit");
+                self.dtmf_events.push(CallEventRecord {
+                    at_ms: began.saturating_duration_since(self.start).as_millis() as u64,
+                    kind: "dtmf".into(),
+                    by: Some(party_name(party).into()),
+                    codec: None,
+                    digit: (!mask).then(|| digit.to_string()),
+                    duration_ms: Some(duration.as_millis() as u64),
+                });
+            }
+        }
+    }
+}
+
+fn party_name(party: Party) -> &'static str {
+    match party {
+        Party::Caller => "caller",
+        Party::Callee => "callee",
     }
 }
 
