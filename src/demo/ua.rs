@@ -4651,12 +4651,25 @@ Via: SIP/2.0/UDP h.example;branch=z9hG4bKc\r\nSubject: folded\r\n  line\r\ni: ab
         assert_eq!(parse_sdp(&v6).unwrap().addr, "[::1]:4000".parse().unwrap());
 
         // Media-level c= wins; unknown codecs are skipped in m= order; only the first audio m=.
-        let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 5000 RTP/AVP 96 9 8 0\r\nc=IN IP4 10.0.0.2\r\n\
-                     a=rtpmap:96 opus/48000/2\r\na=rtpmap:9 G722/8000\r\nm=audio 6000 RTP/AVP 0\r\n";
+        let offer =
+            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 5000 RTP/AVP 96 18 8 0\r\nc=IN IP4 10.0.0.2\r\n\
+                     a=rtpmap:96 AMR/8000\r\na=rtpmap:18 G729/8000\r\nm=audio 6000 RTP/AVP 0\r\n";
         let m = parse_sdp(offer).unwrap();
         assert_eq!(m.addr, "10.0.0.2:5000".parse().unwrap());
         assert_eq!(m.first_codec(), Some((8, Codec::Pcma)));
         assert_eq!(m.telephone_event_pt(), None);
+        // Wideband codecs are taken when offered first, Opus under whatever dynamic type.
+        let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 5000 RTP/AVP 96 9 8 0\r\n\
+                     a=rtpmap:96 opus/48000/2\r\na=rtpmap:9 G722/8000\r\n";
+        assert_eq!(
+            parse_sdp(offer).unwrap().first_codec(),
+            Some((96, Codec::Opus))
+        );
+        let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 5000 RTP/AVP 9 0\r\n";
+        assert_eq!(
+            parse_sdp(offer).unwrap().first_codec(),
+            Some((9, Codec::G722))
+        );
         assert!(parse_sdp("v=0\r\nm=audio 5000 RTP/AVP 0\r\n").is_none());
         assert!(parse_sdp("m=audio x RTP/AVP 0\r\nc=IN IP4 1.2.3.4\r\n").is_none());
     }
