@@ -1,7 +1,8 @@
 //! RTP endpoint of the demo and test user agents: one UDP socket that plays a tone as 20 ms
 //! packets on an absolute schedule (optionally dropping every Nth to simulate loss, or pausing
-//! from outside while the call is on hold) and counts what comes back on the same socket
-//! (symmetric RTP, so a relay can latch on our source).
+//! from outside while the call is on hold) in any codec of [`crate::codec`], and counts what
+//! comes back on the same socket (symmetric RTP, so a relay can latch on our source), decoding
+//! the start of it so a test can tell which tone the other side played.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -12,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::codec::Codec;
-use crate::demo::tone::Tone;
+use crate::codec::{Codec, Decoder, Encoder};
+use crate::demo::tone::{goertzel, rms, Tone};
 use crate::media::rtp::{self, RtpHeader};
 
 /// Packetisation interval: 20 ms, the usual G.711 ptime (RFC 3551 §4.5).
@@ -22,6 +23,10 @@ const PTIME: Duration = Duration::from_millis(20);
 const TONE_AMPLITUDE: i16 = 8000;
 /// Payload type used when the codec has no static one (first dynamic PT, RFC 3551 §6).
 const DYNAMIC_PT: u8 = 96;
+/// Dynamic payload type these agents give Opus (the one most phones and WebRTC use).
+pub(crate) const OPUS_PT: u8 = 111;
+/// How much of the received audio is decoded and kept ([`Heard`]), in 16 kHz samples: 0.5 s.
+const HEARD_MAX: usize = 8000;
 /// Largest datagram we read; anything longer is truncated by the kernel and still counted.
 const RECV_BUF: usize = 2048;
 
@@ -30,6 +35,9 @@ const RECV_BUF: usize = 2048;
 pub struct PlayConfig {
     /// Codec to encode the tone with.
     pub codec: Codec,
+    /// Payload type to send it with when the SDP negotiated one of its own (a dynamic type);
+    /// `None` takes [`payload_type`]'s.
+    pub payload_type: Option<u8>,
     /// Tone frequency in Hz.
     pub tone_hz: f64,
     /// How long to play; the schedule is `duration / 20 ms` packets.
@@ -129,6 +137,72 @@ pub struct RtpStats {
     pub received_after_move: u64,
     /// Packets sent with a codec set by [`Steer::set_codec`].
     pub sent_after_codec_change: u64,
+    /// The start of the received audio, decoded.
+    pub heard: Heard,
+}
+
+/// The first [`HEARD_MAX`] samples of the audio received, decoded with the codec of each
+/// packet's payload type and converted to 16 kHz, so that a test can tell which tone the other
+/// side played whatever the codec.
+#[derive(Clone, Default)]
+pub struct Heard {
+    pcm: Vec<i16>,
+    /// Received RTP packets whose payload the codec refused, or whose payload type names no
+    /// codec we know.
+    pub undecodable: u64,
+}
+
+impl Heard {
+    /// Sample rate of [`Heard::pcm`].
+    pub const RATE: u32 = 16000;
+
+    /// The decoded audio at [`Heard::RATE`].
+    pub fn pcm(&self) -> &[i16] {
+        &self.pcm
+    }
+
+    /// Of `candidates` (Hz), the tone strongest in what was heard, and how far it stands above
+    /// everything else, in dB; `None` when nothing was heard. The first 100 ms are skipped:
+    /// codecs and resamplers start from silence.
+    pub fn dominant_tone(&self, candidates: &[f64]) -> Option<(f64, f64)> {
+        let settled = self.pcm.get(1600..).filter(|p| p.len() >= 1600)?;
+        let total = rms(settled).powi(2);
+        candidates
+            .iter()
+            .map(|&hz| (hz, goertzel(settled, Self::RATE, hz)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(hz, p)| (hz, 10.0 * (p / (total - p).max(1e-3)).log10()))
+    }
+
+    /// Decodes one received packet into the capture while there is room, with `decoder`
+    /// (made anew when the packet's codec is another).
+    fn take(&mut self, decoder: &mut Option<Decoder>, codec: Option<Codec>, payload: &[u8]) {
+        if self.pcm.len() >= HEARD_MAX {
+            return;
+        }
+        let Some(codec) = codec else {
+            self.undecodable += 1;
+            return;
+        };
+        if decoder.as_ref().is_none_or(|d| d.codec() != codec) {
+            *decoder = Decoder::new(codec, Self::RATE).ok();
+        }
+        let decoded = decoder.as_mut().map(|d| d.decode(payload, &mut self.pcm));
+        if !matches!(decoded, Some(Ok(_))) {
+            self.undecodable += 1;
+        }
+        self.pcm.truncate(HEARD_MAX);
+    }
+}
+
+impl std::fmt::Debug for Heard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heard")
+            .field("samples", &self.pcm.len())
+            .field("rms", &rms(&self.pcm).round())
+            .field("undecodable", &self.undecodable)
+            .finish()
+    }
 }
 
 /// An RTP endpoint bound to an ephemeral UDP port.
@@ -138,12 +212,46 @@ pub struct RtpPeer {
     local: SocketAddr,
 }
 
-/// Static payload type of `codec`, found through the codec table itself so new codecs need no
-/// change here; codecs without one get the first dynamic type.
+/// Payload type these agents use for `codec`: its static one, found through the codec table
+/// itself so new codecs need no change here; [`OPUS_PT`] for Opus; the first dynamic type for
+/// any other codec without one.
 pub(crate) fn payload_type(codec: Codec) -> u8 {
+    if codec == Codec::Opus {
+        return OPUS_PT;
+    }
     (0u8..DYNAMIC_PT)
         .find(|&pt| Codec::from_static_pt(pt) == Some(codec))
         .unwrap_or(DYNAMIC_PT)
+}
+
+/// Codec of a received payload type: the one we send with when the type is ours (the agents
+/// negotiate one codec for both directions), else the static table or our Opus type.
+fn codec_of(pt: u8, sending: (u8, Codec)) -> Option<Codec> {
+    if pt == sending.0 {
+        return Some(sending.1);
+    }
+    Codec::from_static_pt(pt).or((pt == OPUS_PT).then_some(Codec::Opus))
+}
+
+/// What a codec needs per 20 ms packet: PCM samples of the tone at its audio rate, RTP
+/// timestamp step on its RTP clock (they differ for G.722: 320 samples, 160 ticks).
+fn packet_sizes(codec: Codec) -> (usize, u32) {
+    (
+        (codec.audio_rate() / 50) as usize,
+        codec.rtp_clock_rate() / 50,
+    )
+}
+
+/// A tone encoder for `codec` at the codec's own audio rate; every codec has one, so failure
+/// means libopus could not allocate, and the packets go out empty (and are logged).
+fn encoder_for(codec: Codec) -> Option<Encoder> {
+    match Encoder::new(codec, codec.audio_rate()) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(error = %e, %codec, "no encoder for the tone");
+            None
+        }
+    }
 }
 
 /// Random bits for SSRCs, sequence and timestamp starts (RFC 3550 §5.1 wants random initial
@@ -179,10 +287,12 @@ impl RtpPeer {
         }
     }
 
-    /// Sends 20 ms packets (160 samples at 8 kHz, seq/timestamp increasing from random starts, marker on first)
-    /// to `remote`, paced on an absolute schedule for `cfg.duration`, while counting packets received
-    /// on the same socket (symmetric RTP: the proxy latches on our source). Stops early when `stop`
-    /// resolves (e.g. BYE received).
+    /// Sends 20 ms packets (the tone at the codec's audio rate, encoded; seq and timestamp
+    /// increasing from random starts, the timestamp by 20 ms of the codec's RTP clock; marker on
+    /// first) to `remote`, paced on an absolute schedule for `cfg.duration`, while counting
+    /// packets received on the same socket (symmetric RTP: the proxy latches on our source) and
+    /// decoding the first of them into [`RtpStats::heard`]. Stops early when `stop` resolves
+    /// (e.g. BYE received).
     pub async fn play(
         &self,
         mut remote: SocketAddr,
@@ -191,9 +301,12 @@ impl RtpPeer {
     ) -> RtpStats {
         let mut stats = RtpStats::default();
         let mut codec = cfg.codec;
-        let mut samples_per_packet = (codec.clock_rate() / 50).max(1) as usize;
+        let (samples_per_packet, mut ts_step) = packet_sizes(codec);
+        let mut encoder = encoder_for(codec);
         let total = (cfg.duration.as_millis() / PTIME.as_millis()) as u64;
-        let pt = payload_type(codec);
+        let pt = cfg.payload_type.unwrap_or_else(|| payload_type(codec));
+        let mut sending = (pt, codec);
+        let mut rx_decoder: Option<Decoder> = None;
         let mut codec_changed = false;
         let mut moved: Option<UdpSocket> = None;
         let start_bits = random_u64();
@@ -204,7 +317,7 @@ impl RtpPeer {
             timestamp: (start_bits >> 16) as u32,
             ssrc: cfg.ssrc,
         };
-        let mut tone = Tone::new(cfg.tone_hz, codec.clock_rate(), TONE_AMPLITUDE);
+        let mut tone = Tone::new(cfg.tone_hz, codec.audio_rate(), TONE_AMPLITUDE);
         let mut pcm = vec![0i16; samples_per_packet];
         let mut packet: Vec<u8> = Vec::with_capacity(12 + samples_per_packet);
         let mut rx = [0u8; RECV_BUF];
@@ -234,15 +347,17 @@ impl RtpPeer {
                                 remote = to;
                             }
                             if let Some(c) = new_codec.filter(|&c| c != codec) {
-                                if c.clock_rate() != codec.clock_rate() {
+                                if c.audio_rate() != codec.audio_rate() {
                                     // The tone goes on; only a new sampling rate restarts it.
-                                    tone = Tone::new(cfg.tone_hz, c.clock_rate(), TONE_AMPLITUDE);
-                                    samples_per_packet = (c.clock_rate() / 50).max(1) as usize;
-                                    pcm.resize(samples_per_packet, 0);
+                                    tone = Tone::new(cfg.tone_hz, c.audio_rate(), TONE_AMPLITUDE);
+                                    pcm.resize(packet_sizes(c).0, 0);
                                 }
+                                ts_step = packet_sizes(c).1;
                                 codec = c;
+                                encoder = encoder_for(c);
                                 codec_changed = true;
                                 header.payload_type = payload_type(c);
+                                sending = (header.payload_type, c);
                             }
                             if new_socket.is_some() {
                                 moved = new_socket;
@@ -256,7 +371,7 @@ impl RtpPeer {
                         // first packet after the pause starts a talkspurt.
                         stats.paused += 1;
                         header.marker = true;
-                        header.timestamp = header.timestamp.wrapping_add(samples_per_packet as u32);
+                        header.timestamp = header.timestamp.wrapping_add(ts_step);
                         continue;
                     }
                     let drop_this = matches!(cfg.drop_every, Some(n) if n > 0 && index % u64::from(n) == 0);
@@ -267,7 +382,11 @@ impl RtpPeer {
                         rtp::write_header(&header, &mut fixed);
                         packet.clear();
                         packet.extend_from_slice(&fixed);
-                        codec.encode(&pcm, &mut packet);
+                        if let Some(enc) = encoder.as_mut() {
+                            if let Err(e) = enc.encode(&pcm, &mut packet) {
+                                tracing::warn!(error = %e, %codec, "tone encoding failed");
+                            }
+                        }
                         let socket = moved.as_ref().unwrap_or(&self.socket);
                         match socket.send_to(&packet, remote).await {
                             Ok(_) => {
@@ -284,12 +403,14 @@ impl RtpPeer {
                     // receiver it is indistinguishable from loss on the wire.
                     header.marker = false;
                     header.seq = header.seq.wrapping_add(1);
-                    header.timestamp = header.timestamp.wrapping_add(samples_per_packet as u32);
+                    header.timestamp = header.timestamp.wrapping_add(ts_step);
                 }
                 r = socket.recv_from(&mut rx) => match r {
                     Ok((len, from)) => {
                         if let Some(data) = rx.get(..len) {
-                            if is_rtp(data) {
+                            if let Some((h, payload)) = rtp_audio(data) {
+                                let c = codec_of(h.payload_type, sending);
+                                stats.heard.take(&mut rx_decoder, c, payload);
                                 stats.received += 1;
                                 stats.received_after_move += u64::from(moved.is_some());
                                 stats.first_rx_from.get_or_insert(from);
@@ -310,10 +431,14 @@ impl RtpPeer {
 /// RTP rather than RTCP or junk: RTCP shares the version bits but uses payload types 72-76 in
 /// the RTP header position (RFC 5761 §4).
 fn is_rtp(data: &[u8]) -> bool {
-    match rtp::parse(data) {
-        Ok((h, _)) => !(72..=76).contains(&h.payload_type),
-        Err(_) => false,
-    }
+    rtp_audio(data).is_some()
+}
+
+/// Header and payload of an RTP packet (not RTCP, not junk).
+fn rtp_audio(data: &[u8]) -> Option<(RtpHeader, &[u8])> {
+    rtp::parse(data)
+        .ok()
+        .filter(|(h, _)| !(72..=76).contains(&h.payload_type))
 }
 
 #[cfg(test)]
@@ -326,6 +451,7 @@ mod tests {
     fn cfg(duration_ms: u64, drop_every: Option<u32>) -> PlayConfig {
         PlayConfig {
             codec: Codec::Pcmu,
+            payload_type: None,
             tone_hz: 440.0,
             duration: Duration::from_millis(duration_ms),
             drop_every,
@@ -443,10 +569,120 @@ mod tests {
         assert_eq!(jumps, 1);
     }
 
+    /// Receives `n` packets on `sink`: (header, payload) each.
+    async fn collect(sink: &UdpSocket, n: u64) -> Vec<(RtpHeader, Vec<u8>)> {
+        let mut buf = [0u8; 2048];
+        let mut packets = Vec::new();
+        for _ in 0..n {
+            let (len, _) = sink.recv_from(&mut buf).await.unwrap();
+            let (h, payload) = rtp::parse(&buf[..len]).unwrap();
+            packets.push((h, payload.to_vec()));
+        }
+        packets
+    }
+
+    #[tokio::test]
+    async fn wideband_packets_carry_native_rate_audio_on_the_rtp_clock() {
+        // (codec, payload type, timestamp step per 20 ms, payload bytes if fixed)
+        for (codec, pt, step, size) in [
+            (Codec::G722, 9u8, 160u32, Some(160usize)),
+            (Codec::Opus, OPUS_PT, 960, None),
+            (Codec::Pcmu, 0, 160, Some(160)),
+        ] {
+            let a = RtpPeer::bind(LOCALHOST).await.unwrap();
+            let sink = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+            let c = PlayConfig {
+                codec,
+                tone_hz: 1000.0,
+                ..cfg(400, None)
+            };
+            let stats = a
+                .play(sink.local_addr().unwrap(), &c, std::future::pending())
+                .await;
+            assert_eq!(stats.sent, 20, "{codec}");
+            let packets = collect(&sink, stats.sent).await;
+            let mut dec = Decoder::new(codec, 16000).unwrap();
+            let mut pcm = Vec::new();
+            for w in packets.windows(2) {
+                assert_eq!(w[1].0.payload_type, pt, "{codec}");
+                assert_eq!(
+                    w[1].0.timestamp.wrapping_sub(w[0].0.timestamp),
+                    step,
+                    "{codec}"
+                );
+            }
+            for (_, payload) in &packets {
+                if let Some(size) = size {
+                    assert_eq!(payload.len(), size, "{codec}");
+                }
+                assert_eq!(
+                    dec.decode(payload, &mut pcm).unwrap(),
+                    320,
+                    "{codec}: 20 ms at 16 kHz"
+                );
+            }
+            let settled = &pcm[1600..];
+            let at = goertzel(settled, 16000, 1000.0);
+            let off = goertzel(settled, 16000, 440.0);
+            assert!(at / off > 100.0, "{codec}: {at} vs {off}");
+        }
+    }
+
+    #[tokio::test]
+    async fn each_peer_hears_the_others_tone_in_every_codec() {
+        for codec in crate::codec::ALL {
+            let a = RtpPeer::bind(LOCALHOST).await.unwrap();
+            let b = RtpPeer::bind(LOCALHOST).await.unwrap();
+            let ca = PlayConfig {
+                codec,
+                tone_hz: 440.0,
+                ..cfg(600, None)
+            };
+            let cb = PlayConfig {
+                codec,
+                tone_hz: 1000.0,
+                ..cfg(600, None)
+            };
+            let (sa, sb) = tokio::join!(
+                a.play(b.local_addr(), &ca, std::future::pending()),
+                b.play(a.local_addr(), &cb, std::future::pending()),
+            );
+            let tones = [440.0, 1000.0];
+            let (heard_by_a, da) = sa.heard.dominant_tone(&tones).unwrap();
+            let (heard_by_b, db) = sb.heard.dominant_tone(&tones).unwrap();
+            assert_eq!(heard_by_a, 1000.0, "{codec}: {sa:?}");
+            assert_eq!(heard_by_b, 440.0, "{codec}: {sb:?}");
+            assert!(da > 20.0 && db > 20.0, "{codec}: {da:.1} / {db:.1} dB");
+            assert_eq!((sa.heard.undecodable, sb.heard.undecodable), (0, 0));
+            assert!(sa.heard.pcm().len() >= 6400, "{codec}: {sa:?}");
+        }
+    }
+
+    #[test]
+    fn heard_counts_what_it_cannot_decode_and_stops_when_full() {
+        let mut heard = Heard::default();
+        let mut decoder = None;
+        heard.take(&mut decoder, None, &[1, 2, 3]);
+        heard.take(&mut decoder, Some(Codec::Opus), &[]);
+        assert_eq!(heard.undecodable, 2);
+        assert_eq!(heard.dominant_tone(&[440.0]), None);
+        for _ in 0..100 {
+            heard.take(&mut decoder, Some(Codec::Pcmu), &[0x80; 160]);
+        }
+        assert_eq!(heard.pcm().len(), HEARD_MAX);
+        assert!(format!("{heard:?}").contains("samples: 8000"));
+    }
+
     #[test]
     fn static_payload_types() {
         assert_eq!(payload_type(Codec::Pcmu), 0);
         assert_eq!(payload_type(Codec::Pcma), 8);
+        assert_eq!(payload_type(Codec::G722), 9);
+        assert_eq!(payload_type(Codec::Opus), OPUS_PT);
+        assert_eq!(codec_of(9, (OPUS_PT, Codec::Opus)), Some(Codec::G722));
+        assert_eq!(codec_of(96, (96, Codec::Opus)), Some(Codec::Opus));
+        assert_eq!(codec_of(OPUS_PT, (0, Codec::Pcmu)), Some(Codec::Opus));
+        assert_eq!(codec_of(101, (0, Codec::Pcmu)), None);
         assert!(!is_rtp(&[0x80, 200, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
         assert!(is_rtp(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
         assert!(!is_rtp(&[0x80, 0, 0]));

@@ -1432,16 +1432,23 @@ fn sdp_body(
     let ip = advertised_ip(addr.ip());
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let te_fmt = te_pt.map(|p| format!(" {p}")).unwrap_or_default();
+    let rate = codec.rtp_clock_rate();
+    // RFC 7587 §7: Opus is always described as two channels at 48000, whatever it carries;
+    // we ask for and send in-band FEC.
+    let channels = if codec == Codec::Opus { "/2" } else { "" };
     let mut sdp = format!(
         "v=0\r\no=- {session} {version} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP {pt}{te_fmt}\r\na=rtpmap:{pt} {name}/{rate}\r\n",
+         m=audio {port} RTP/AVP {pt}{te_fmt}\r\na=rtpmap:{pt} {name}/{rate}{channels}\r\n",
         port = addr.port(),
         name = codec.name(),
-        rate = codec.clock_rate(),
     );
+    if codec == Codec::Opus {
+        sdp.push_str(&format!("a=fmtp:{pt} useinbandfec=1\r\n"));
+    }
     if let Some(te) = te_pt {
+        // Events share the audio's RTP clock (RFC 4733 §2.1): 48000 next to Opus.
         sdp.push_str(&format!(
-            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n"
+            "a=rtpmap:{te} telephone-event/{rate}\r\na=fmtp:{te} 0-15\r\n"
         ));
     }
     sdp.push_str(&format!("a=ptime:20\r\na={}\r\n", direction.attr()));
@@ -2267,7 +2274,7 @@ impl Phone {
 
         let media = parse_sdp(&ok.body)
             .filter(|m| m.addr.port() != 0)
-            .and_then(|m| m.first_codec().map(|(_, codec)| (m.addr, codec)));
+            .and_then(|m| m.first_codec().map(|codec| (m.addr, codec)));
         let mut remote_hung_up = false;
         let mut stats = None;
         // CSeq of our last request in the dialog, and the ACK of each 2xx we got by CSeq (a
@@ -2276,9 +2283,10 @@ impl Phone {
         let mut acks: Vec<(u32, Vec<u8>)> = vec![(invite_cseq, ack)];
         let mut forks = OtherForks::default();
         // A 2xx that crossed our CANCEL: the call exists, so it is ended at once (§9.1).
-        if let (Some((mut remote_rtp, codec)), None) = (media, cancel.as_ref()) {
+        if let (Some((mut remote_rtp, (pt, codec))), None) = (media, cancel.as_ref()) {
             let cfg = PlayConfig {
                 codec,
+                payload_type: Some(pt),
                 tone_hz: spec.tone_hz,
                 duration: spec.talk,
                 drop_every: spec.drop_every,
@@ -3500,6 +3508,7 @@ impl UasCall {
             self.respond(183, None, Some(&sdp)).await;
             let early_cfg = PlayConfig {
                 codec,
+                payload_type: Some(pt),
                 tone_hz: early_tone_hz,
                 duration: length,
                 drop_every: None,
@@ -3558,6 +3567,7 @@ impl UasCall {
 
         let cfg = PlayConfig {
             codec,
+            payload_type: Some(pt),
             tone_hz,
             duration: MAX_TALK,
             drop_every: None,
@@ -4133,6 +4143,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn wideband_calls_carry_each_sides_tone_both_ways() {
+        for codec in [Codec::G722, Codec::Opus] {
+            let (pbx_addr, mut pbx) = pbx_with(Answer::Accept {
+                ring: Duration::from_millis(50),
+                tone_hz: 1000.0,
+            })
+            .await;
+            let phone = Phone::bind(LOCALHOST).await.unwrap();
+            let mut s = spec("bob");
+            s.codec = codec;
+            let report = phone.call(pbx_addr, &s).await.unwrap();
+            assert_eq!(report.outcome, Outcome::Answered, "{codec}");
+            let tones = [440.0, 1000.0];
+
+            // The phone played 440 Hz and heard the PBX's 1000 Hz, decoded.
+            let rtp = report.rtp.unwrap();
+            assert_eq!((rtp.sent, rtp.dropped), (30, 0), "{codec}");
+            assert!((25..=32).contains(&rtp.received), "{codec}: {rtp:?}");
+            let (tone, dominance) = rtp.heard.dominant_tone(&tones).unwrap();
+            assert_eq!(tone, 1000.0, "{codec}: {rtp:?}");
+            assert!(dominance > 20.0, "{codec}: {dominance:.1} dB");
+            assert_eq!(rtp.heard.undecodable, 0, "{codec}");
+
+            // And the other way round.
+            let uas = pbx.next_report(REPORT_WAIT).await.unwrap();
+            assert_eq!(uas.outcome, Outcome::Answered);
+            let pbx_rtp = uas.rtp.unwrap();
+            assert!(
+                (25..=30).contains(&pbx_rtp.received),
+                "{codec}: {pbx_rtp:?}"
+            );
+            let (tone, dominance) = pbx_rtp.heard.dominant_tone(&tones).unwrap();
+            assert_eq!(tone, 440.0, "{codec}: {pbx_rtp:?}");
+            assert!(dominance > 20.0, "{codec}: {dominance:.1} dB");
+            assert_eq!(pbx_rtp.heard.undecodable, 0, "{codec}");
+        }
+    }
+
+    #[tokio::test]
     async fn hold_and_resume_pause_both_sides_and_keep_the_dialog() {
         let (pbx_addr, mut pbx) = pbx_with(Answer::Accept {
             ring: Duration::ZERO,
@@ -4669,6 +4718,21 @@ Via: SIP/2.0/UDP h.example;branch=z9hG4bKc\r\nSubject: folded\r\n  line\r\ni: ab
         assert_eq!(
             parse_sdp(offer).unwrap().first_codec(),
             Some((9, Codec::G722))
+        );
+
+        // What the agents offer for them: G.722 on its 8 kHz RTP clock; Opus as 48000/2 with
+        // in-band FEC, and telephone-events on the same 48 kHz clock.
+        let g722 = build_sdp(addr, 9, Codec::G722, Some(101));
+        assert!(g722.contains("m=audio 40002 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n"));
+        assert!(g722.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+        let opus = build_sdp(addr, 111, Codec::Opus, Some(101));
+        assert!(opus.contains(
+            "m=audio 40002 RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n"
+        ));
+        assert!(opus.contains("a=rtpmap:101 telephone-event/48000\r\n"));
+        assert_eq!(
+            parse_sdp(&opus).unwrap().first_codec(),
+            Some((111, Codec::Opus))
         );
         assert!(parse_sdp("v=0\r\nm=audio 5000 RTP/AVP 0\r\n").is_none());
         assert!(parse_sdp("m=audio x RTP/AVP 0\r\nc=IN IP4 1.2.3.4\r\n").is_none());
