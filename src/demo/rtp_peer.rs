@@ -141,7 +141,7 @@ pub struct RtpStats {
     pub heard: Heard,
 }
 
-/// The first [`HEARD_MAX`] samples of the audio received, decoded with the codec of each
+/// The first 0.5 s of the audio received, decoded with the codec of each
 /// packet's payload type and converted to 16 kHz, so that a test can tell which tone the other
 /// side played whatever the codec.
 #[derive(Clone, Default)]
