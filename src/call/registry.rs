@@ -32,8 +32,11 @@ pub struct RegistryConfig {
     pub media_timeout: Duration,
     /// Root of the recordings tree.
     pub recording_dir: PathBuf,
-    /// WAV sample rate.
+    /// WAV sample rate of narrowband calls (8000).
     pub sample_rate: u32,
+    /// WAV sample rate of calls whose parties can both speak a wideband codec (G.722, Opus):
+    /// the whole call is recorded at this rate, whatever codec it uses when.
+    pub wideband_rate: u32,
 }
 
 /// Wall-clock time of a monotonic `Instant` in the recent past, read afresh each time so that a
@@ -499,7 +502,7 @@ impl CallRegistry {
     fn answered(&mut self, call_id: &str, at: Instant) {
         let wall = wall_time(at);
         let dir = self.cfg.recording_dir.clone();
-        let rate = self.cfg.sample_rate;
+        let (narrowband, wideband) = (self.cfg.sample_rate, self.cfg.wideband_rate);
         let tap_queue = self.recorder.tap_queue();
         self.next_slot += 1;
         let slot = self.next_slot;
@@ -509,6 +512,11 @@ impl CallRegistry {
         if call.answered_at.is_some() {
             return;
         }
+        let rate = if wideband_possible(call) {
+            wideband
+        } else {
+            narrowband
+        };
         call.answered_at = Some(at);
         call.record.times.answer = Some(format_time(wall));
         let held = call.hold.on_hold();
@@ -564,6 +572,7 @@ impl CallRegistry {
             start: at,
             codecs: decode_maps(&call.codecs),
             aux: decode_aux_maps(&call.aux),
+            rate,
             record: call.record.clone(),
         })));
         stream.relay.control(RelayControl::Tap(Some(Tap {
@@ -877,6 +886,14 @@ fn decode_maps(sdp_maps: &[CodecMap; 2]) -> [CodecMap; 2] {
     ]
 }
 
+/// Whether both parties' SDP name a common wideband codec, so the call may be wideband at
+/// some point: then it is recorded at the wideband rate from the start.
+fn wideband_possible(call: &Call) -> bool {
+    call.codecs[0]
+        .iter()
+        .any(|(_, c)| c.is_wideband() && call.codecs[1].iter().any(|(_, d)| d == c))
+}
+
 /// Like [`decode_maps`] for the payload types that carry no audio; static PT 13 is comfort
 /// noise (RFC 3551) wherever no SDP names it otherwise.
 fn decode_aux_maps(sdp_maps: &[AuxMap; 2]) -> [AuxMap; 2] {
@@ -982,6 +999,7 @@ mod tests {
             media_timeout: timeout,
             recording_dir: dir.path().to_path_buf(),
             sample_rate: 8000,
+            wideband_rate: 16000,
         };
         (
             CallRegistry::new(cfg, pool, recorder, relay_tx),

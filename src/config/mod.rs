@@ -73,6 +73,8 @@ pub struct RecordingConfig {
     pub header_update: Duration,
     /// RFC 4733 digits are written as silence and not stored.
     pub mask_dtmf: bool,
+    /// WAV rate of calls that can use a wideband codec (G.722, Opus): 16000 or 8000.
+    pub wideband_rate: u32,
 }
 
 /// Why a configuration could not be loaded.
@@ -216,6 +218,8 @@ struct RawRecording {
     header_update: Option<Spanned<String>>,
     /// Optional, default false.
     mask_dtmf: Option<bool>,
+    /// Optional 8000 or 16000, default 16000.
+    wideband_rate: Option<Spanned<i64>>,
 }
 
 /// Reads `path` and parses it; see [`parse`].
@@ -360,6 +364,23 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             "must not be empty: give the directory recordings are written to",
         ));
     }
+    let wideband_rate = match &recording.wideband_rate {
+        None => 16000,
+        Some(s) => match *s.get_ref() {
+            8000 => 8000,
+            16000 => 16000,
+            other => {
+                return Err(doc.invalid(
+                    Some(s.span()),
+                    "recording.wideband_rate",
+                    format!(
+                        "{other} Hz is not offered: 16000 keeps G.722 and Opus calls wideband, \
+                         8000 records every call at telephone quality"
+                    ),
+                ))
+            }
+        },
+    };
     let header_update = match &recording.header_update {
         None => default_header_update(),
         Some(s) => duration_in(
@@ -420,6 +441,7 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             dir: PathBuf::from(dir_raw.into_inner()),
             header_update,
             mask_dtmf: recording.mask_dtmf.unwrap_or(false),
+            wideband_rate,
         },
         source: PathBuf::new(),
     })

@@ -78,6 +78,7 @@ fn example_file_parses_to_the_documented_values() {
                 dir: PathBuf::from("/var/lib/recproxy/recordings"),
                 header_update: Duration::from_secs(5),
                 mask_dtmf: false,
+                wideband_rate: 16000,
             },
             source: PathBuf::from("etc/recproxy.toml"),
         }
@@ -316,6 +317,17 @@ fn bad_cases() -> Vec<BadCase> {
             20,
             "sip.tcp_idle_timeout",
             "out of range",
+        ),
+        (
+            "wideband rate not offered",
+            edit(
+                "header_update = \"5s\"",
+                "header_update = \"5s\"\nwideband_rate = 44100",
+            ),
+            13,
+            17,
+            "recording.wideband_rate",
+            "44100 Hz is not offered",
         ),
         (
             "dns server not an address",

@@ -114,6 +114,7 @@ impl Daemon {
                 media_timeout: cfg.media.timeout,
                 recording_dir: dir.clone(),
                 sample_rate: SAMPLE_RATE,
+                wideband_rate: cfg.recording.wideband_rate,
             },
             pool,
             recorder,

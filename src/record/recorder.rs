@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::call::metadata::{
     write_sidecar, CallEventRecord, CallRecord, Decision, LegInfo, RecordState,
 };
-use crate::codec::Codec;
+use crate::codec::{Codec, Decoder};
 use crate::media::rtp;
 use crate::media::tap::TapPacket;
 use crate::record::dtmf::{DtmfTracker, DtmfUpdate};
@@ -74,6 +74,8 @@ pub struct StartRecording {
     pub codecs: [CodecMap; 2],
     /// Event and comfort-noise payload types of the packets each party sends.
     pub aux: [AuxMap; 2],
+    /// Sample rate of the WAV and its timeline (every codec is decoded to it).
+    pub rate: u32,
     /// The record as it stands (written as the first sidecar).
     pub record: CallRecord,
 }
@@ -198,6 +200,10 @@ struct Active {
     timeline: Timeline,
     /// Time of the first sample (event offsets count from it).
     start: Instant,
+    /// Sample rate of the WAV.
+    rate: u32,
+    /// The decoder of each side's current codec, made when its first packet comes.
+    decoders: [Option<Decoder>; 2],
     codecs: [CodecMap; 2],
     aux: [AuxMap; 2],
     /// RFC 4733 state per side, and the event clock each side last used.
@@ -311,6 +317,7 @@ impl Worker {
             start,
             codecs,
             aux,
+            rate,
             record,
         } = start;
         let opened = wav_path
@@ -318,9 +325,7 @@ impl Worker {
             .map(std::fs::create_dir_all)
             .unwrap_or(Ok(()))
             .map_err(|e| e.to_string())
-            .and_then(|()| {
-                WavWriter::create(&wav_path, self.cfg.timeline.rate, 2).map_err(|e| e.to_string())
-            });
+            .and_then(|()| WavWriter::create(&wav_path, rate, 2).map_err(|e| e.to_string()));
         match opened {
             Ok(wav) => {
                 self.write(&sidecar_path, &record);
@@ -328,8 +333,16 @@ impl Worker {
                     slot,
                     Active {
                         wav,
-                        timeline: Timeline::new(start, self.cfg.timeline.clone()),
+                        timeline: Timeline::new(
+                            start,
+                            TimelineConfig {
+                                rate,
+                                ..self.cfg.timeline.clone()
+                            },
+                        ),
                         start,
+                        rate,
+                        decoders: [None, None],
                         codecs,
                         aux,
                         dtmf: [DtmfTracker::new(), DtmfTracker::new()],
@@ -426,14 +439,33 @@ impl Worker {
             // Undecodable payloads carry no audio to place.
             (None, None) => return,
         };
-        active.first_codec[idx(pkt.party)].get_or_insert(codec);
+        let i = idx(pkt.party);
+        active.first_codec[i].get_or_insert(codec);
+        if active.decoders[i].as_ref().map(Decoder::codec) != Some(codec) {
+            // A new codec (re-INVITE) gets a fresh decoder at the WAV's rate.
+            match Decoder::new(codec, active.rate) {
+                Ok(d) => active.decoders[i] = Some(d),
+                Err(e) => {
+                    tracing::warn!(recording_id = %active.recording_id, error = %e, "cannot decode");
+                    return;
+                }
+            }
+        }
+        let Some(decoder) = active.decoders[i].as_mut() else {
+            return;
+        };
         self.pcm.clear();
-        codec.decode(payload, &mut self.pcm);
+        if let Err(e) = decoder.decode(payload, &mut self.pcm) {
+            // A damaged packet: its place stays silent, like a lost one.
+            tracing::debug!(recording_id = %active.recording_id, error = %e, "undecodable packet");
+            active.timeline.note(side(pkt.party), &header);
+            return;
+        }
         active.timeline.push(
             side(pkt.party),
             pkt.arrival,
             &header,
-            codec.clock_rate(),
+            codec.rtp_clock_rate(),
             &self.pcm,
         );
     }
