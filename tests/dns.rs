@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use recproxy::sip::msg::Message;
-use support::raw::recv_sip;
+use support::raw::{recv_sip, respond};
 use support::{write_config, Daemon};
 
 const TYPE_A: u16 = 1;
@@ -111,21 +110,6 @@ fn dns_server(
     (addr, handle)
 }
 
-fn respond(req: &Message, code: u16, reason: &str) -> String {
-    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
-    for via in req.header_all("Via") {
-        out.push_str(&format!("Via: {via}\r\n"));
-    }
-    out.push_str(&format!(
-        "From: {}\r\nTo: {};tag=t1\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
-        req.header("From").unwrap(),
-        req.header("To").unwrap(),
-        req.call_id().unwrap(),
-        req.header("CSeq").unwrap()
-    ));
-    out
-}
-
 /// The PBX's outbound INVITE to `uri`.
 fn outbound(pbx: SocketAddr, uri: &str, call_id: &str) -> String {
     format!(
@@ -187,7 +171,10 @@ fn outbound_calls_reach_trunks_named_by_srv_and_a_records() {
     assert_eq!(inv.call_id(), Some("dns-srv-1"));
     assert_eq!(inv.request_uri(), Some("sip:0401234567@trunk.test"));
     sbc_a
-        .send_to(respond(&inv, 486, "Busy Here").as_bytes(), daemon.sip)
+        .send_to(
+            respond(&inv, 486, "Busy Here", "t1", "", "").as_bytes(),
+            daemon.sip,
+        )
         .unwrap();
     let busy = recv_sip(&pbx, |m| m.status() == Some(486));
     assert_eq!(busy.call_id(), Some("dns-srv-1"));
@@ -200,7 +187,10 @@ fn outbound_calls_reach_trunks_named_by_srv_and_a_records() {
     assert_eq!(inv.call_id(), Some("dns-srv-2"));
     assert_eq!(queries.load(Ordering::Relaxed), asked);
     sbc_a
-        .send_to(respond(&inv, 486, "Busy Here").as_bytes(), daemon.sip)
+        .send_to(
+            respond(&inv, 486, "Busy Here", "t1", "", "").as_bytes(),
+            daemon.sip,
+        )
         .unwrap();
     recv_sip(&pbx, |m| m.status() == Some(486));
 
@@ -209,8 +199,11 @@ fn outbound_calls_reach_trunks_named_by_srv_and_a_records() {
     send(outbound(pbx_addr, &uri, "dns-a-1"));
     let inv = recv_sip(&gw, |m| m.method() == Some("INVITE"));
     assert_eq!(inv.call_id(), Some("dns-a-1"));
-    gw.send_to(respond(&inv, 404, "Not Found").as_bytes(), daemon.sip)
-        .unwrap();
+    gw.send_to(
+        respond(&inv, 404, "Not Found", "t1", "", "").as_bytes(),
+        daemon.sip,
+    )
+    .unwrap();
     recv_sip(&pbx, |m| m.status() == Some(404));
 
     // A name that does not exist: 502 to the PBX, and nothing reached any trunk.

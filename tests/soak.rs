@@ -15,48 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recproxy::sip::msg::Message;
+use support::raw::respond;
 use support::{sidecars, write_config, Daemon};
 
 const PHONES: usize = 4;
 const CALLS_PER_PHONE: usize = 2500;
+/// The PBX's Contact in every response.
+const CONTACT: &str = "Contact: <sip:pbx@127.0.0.1>\r\n";
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
 
 fn parse(buf: &[u8]) -> Option<Message> {
     Message::parse(buf).ok().map(|(m, _)| m)
-}
-
-/// A response to `req` from the PBX side, copying what RFC 3261 §8.2.6 / §12.1.1 require.
-fn respond(req: &Message, code: u16, reason: &str, tag: &str, body: &str) -> String {
-    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
-    for v in req.header_all("Via") {
-        out.push_str(&format!("Via: {v}\r\n"));
-    }
-    if req.method() == Some("INVITE") {
-        for rr in req.header_all("Record-Route") {
-            out.push_str(&format!("Record-Route: {rr}\r\n"));
-        }
-    }
-    let to = req.header("To").unwrap_or_default();
-    if req.to_tag().is_some() {
-        out.push_str(&format!("To: {to}\r\n"));
-    } else {
-        out.push_str(&format!("To: {to};tag={tag}\r\n"));
-    }
-    out.push_str(&format!(
-        "From: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:pbx@127.0.0.1>\r\n",
-        req.header("From").unwrap_or_default(),
-        req.call_id().unwrap_or_default(),
-        req.header("CSeq").unwrap_or_default()
-    ));
-    if body.is_empty() {
-        out.push_str("Content-Length: 0\r\n\r\n");
-    } else {
-        out.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    }
-    out
 }
 
 /// The PBX side: answers by the called number's first letter: a = answer, b = busy, r = ring
@@ -83,21 +52,21 @@ fn pbx(sock: UdpSocket, stop: Arc<AtomicUsize>) {
                     .trim_start_matches("sip:")
                     .to_string();
                 match user.chars().next() {
-                    Some('b') => reply(respond(&m, 486, "Busy Here", "pbx", "")),
+                    Some('b') => reply(respond(&m, 486, "Busy Here", "pbx", CONTACT, "")),
                     Some('r') => {
-                        reply(respond(&m, 180, "Ringing", "pbx", ""));
+                        reply(respond(&m, 180, "Ringing", "pbx", CONTACT, ""));
                         ringing.insert(call_id, m);
                     }
-                    _ => reply(respond(&m, 200, "OK", "pbx", SDP)),
+                    _ => reply(respond(&m, 200, "OK", "pbx", CONTACT, SDP)),
                 }
             }
             Some("CANCEL") => {
-                reply(respond(&m, 200, "OK", "pbx", ""));
+                reply(respond(&m, 200, "OK", "pbx", CONTACT, ""));
                 if let Some(inv) = ringing.remove(&call_id) {
-                    reply(respond(&inv, 487, "Request Terminated", "pbx", ""));
+                    reply(respond(&inv, 487, "Request Terminated", "pbx", CONTACT, ""));
                 }
             }
-            Some("BYE") => reply(respond(&m, 200, "OK", "pbx", "")),
+            Some("BYE") => reply(respond(&m, 200, "OK", "pbx", CONTACT, "")),
             _ => {}
         }
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use recproxy::codec::Codec;
 use recproxy::demo::ua::{CallSpec, Outcome, Phone};
 use recproxy::sip::msg::Message;
-use support::raw::{media_addr, play, recv_sip, sdp};
+use support::raw::{media_addr, play, recv_sip, respond, sdp};
 use support::{dominance, write_config, Daemon, Wav};
 
 const CALLER_HZ: f64 = 440.0;
@@ -116,39 +116,6 @@ impl Stream {
             }
         }
     }
-}
-
-/// The response to `req` with `code`, To tag `tag` and optional SDP, echoing Via and
-/// Record-Route.
-fn respond(req: &Message, code: u16, reason: &str, tag: &str, contact: &str, body: &str) -> String {
-    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
-    for via in req.header_all("Via") {
-        out.push_str(&format!("Via: {via}\r\n"));
-    }
-    for rr in req.header_all("Record-Route") {
-        out.push_str(&format!("Record-Route: {rr}\r\n"));
-    }
-    let to = req.header("To").unwrap();
-    let to = if to.contains("tag=") {
-        to.to_string()
-    } else {
-        format!("{to};tag={tag}")
-    };
-    out.push_str(&format!(
-        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{contact}",
-        req.header("From").unwrap(),
-        req.call_id().unwrap(),
-        req.header("CSeq").unwrap()
-    ));
-    if body.is_empty() {
-        out.push_str("Content-Length: 0\r\n\r\n");
-    } else {
-        out.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    }
-    out
 }
 
 fn invite(proxy: SocketAddr, via: &str, contact: &str, call_id: &str, body: &str) -> String {
@@ -306,40 +273,28 @@ fn a_stream_that_cannot_be_framed_gets_400_or_513_and_is_closed() {
     let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (daemon, proxy_tcp) = daemon(root.path(), pbx.local_addr().unwrap(), (48100, 48199));
 
+    // An INVITE whose Content-Length line is replaced by `length`, on a new connection: the
+    // status it gets, and the daemon must close that connection.
+    let refused = |call_id: &str, length: &str| {
+        let mut phone = Stream::connect(proxy_tcp);
+        let me = phone.local();
+        let text = invite(
+            daemon.sip,
+            &format!("SIP/2.0/TCP {me}"),
+            "<sip:a@127.0.0.1>",
+            call_id,
+            "",
+        )
+        .replace("Content-Length: 0\r\n", length);
+        phone.send(&text);
+        let status = phone.recv(|m| m.status().is_some()).status();
+        assert!(phone.closed_by_peer(), "{call_id}: connection kept");
+        status
+    };
     // No Content-Length: stream framing is impossible (RFC 3261 §18.3).
-    let mut phone = Stream::connect(proxy_tcp);
-    let me = phone.local();
-    let text = invite(
-        daemon.sip,
-        &format!("SIP/2.0/TCP {me}"),
-        "<sip:a@127.0.0.1>",
-        "tcp-noclen",
-        "",
-    )
-    .replace("Content-Length: 0\r\n", "");
-    phone.send(&text);
-    let resp = phone.recv(|m| m.status().is_some());
-    assert_eq!(resp.status(), Some(400));
-    assert!(
-        phone.closed_by_peer(),
-        "connection kept after a framing error"
-    );
-
+    assert_eq!(refused("tcp-noclen", ""), Some(400));
     // A Content-Length beyond sip.max_message_size (default 65535): 513 before the body.
-    let mut phone = Stream::connect(proxy_tcp);
-    let me = phone.local();
-    let text = invite(
-        daemon.sip,
-        &format!("SIP/2.0/TCP {me}"),
-        "<sip:a@127.0.0.1>",
-        "tcp-huge",
-        "",
-    )
-    .replace("Content-Length: 0\r\n", "Content-Length: 100000\r\n");
-    phone.send(&text);
-    let resp = phone.recv(|m| m.status().is_some());
-    assert_eq!(resp.status(), Some(513));
-    assert!(phone.closed_by_peer());
+    assert_eq!(refused("tcp-huge", "Content-Length: 100000\r\n"), Some(513));
 
     // Neither reached the PBX, and the daemon still serves calls over TCP.
     pbx.set_read_timeout(Some(Duration::from_millis(300)))

@@ -1363,34 +1363,13 @@ mod tests {
         let mut out = Vec::new();
         // Audio with seq 1..=10, then CN (seq 11, 12), then audio again (13..=20), with an
         // RFC 4733 event packet (seq 21, its own start timestamp) and a duplicate of it.
-        for i in 0..10u32 {
-            push_regular(
-                &mut tl,
-                t0,
-                Side::Caller,
-                i,
-                u64::from(i) * PTIME,
-                1,
-                0,
-                1,
-                5,
-            );
-        }
+        let audio = |tl: &mut Timeline, i: u32| {
+            push_regular(tl, t0, Side::Caller, i, u64::from(i) * PTIME, 1, 0, 1, 5);
+        };
+        (0..10).for_each(|i| audio(&mut tl, i));
         tl.note(Side::Caller, &hdr(11, 1600, 1));
         tl.note(Side::Caller, &hdr(12, 1600, 1));
-        for i in 12..20u32 {
-            push_regular(
-                &mut tl,
-                t0,
-                Side::Caller,
-                i,
-                u64::from(i) * PTIME,
-                1,
-                0,
-                1,
-                5,
-            );
-        }
+        (12..20).for_each(|i| audio(&mut tl, i));
         tl.note(Side::Caller, &hdr(21, 3000, 1));
         tl.note(Side::Caller, &hdr(21, 3000, 1));
         tl.finish(at(t0, 400), &mut out);

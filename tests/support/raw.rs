@@ -87,3 +87,46 @@ pub fn play(sock: &UdpSocket, to: SocketAddr, hz: f64, seq0: u16, n: u16, ssrc: 
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
 }
+
+/// The response to `req` a user agent would send: its Vias (and, for an INVITE, its
+/// Record-Routes) echoed, To tagged with `tag` unless it has a tag, `extra` header lines as
+/// given (each ending in CRLF), and an SDP `body` if not empty.
+pub fn respond(
+    req: &Message,
+    code: u16,
+    reason: &str,
+    tag: &str,
+    extra: &str,
+    body: &str,
+) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in req.header_all("Via") {
+        out.push_str(&format!("Via: {via}\r\n"));
+    }
+    if req.method() == Some("INVITE") {
+        for rr in req.header_all("Record-Route") {
+            out.push_str(&format!("Record-Route: {rr}\r\n"));
+        }
+    }
+    let to = req.header("To").unwrap_or_default();
+    if req.to_tag().is_some() {
+        out.push_str(&format!("To: {to}\r\n"));
+    } else {
+        out.push_str(&format!("To: {to};tag={tag}\r\n"));
+    }
+    out.push_str(&format!(
+        "From: {}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}",
+        req.header("From").unwrap_or_default(),
+        req.call_id().unwrap_or_default(),
+        req.header("CSeq").unwrap_or_default()
+    ));
+    if body.is_empty() {
+        out.push_str("Content-Length: 0\r\n\r\n");
+    } else {
+        out.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    }
+    out
+}
