@@ -22,6 +22,7 @@ pub mod call;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod import;
 pub mod media;
 pub mod ops;
 pub mod record;
