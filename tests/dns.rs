@@ -158,7 +158,7 @@ fn outbound_calls_reach_trunks_named_by_srv_and_a_records() {
     let config = write_config(root.path(), pbx_addr, (48500, 48599), "");
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("[media]", &format!("dns_servers = [\"{dns}\"]\n\n[media]"));
+        .replace(support::NO_DNS, &format!("dns_servers = [\"{dns}\"]\n"));
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config);
 

@@ -29,6 +29,10 @@ pub struct Daemon {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The name server every test daemon asks: nothing listens there, so a host name fails at once
+/// (502) and no test sends a DNS query off the machine. tests/dns.rs replaces this line.
+pub const NO_DNS: &str = "dns_servers = [\"127.0.0.1:9\"]\n";
+
 /// Writes a config for a daemon on loopback (media timeout 10 s).
 pub fn write_config(
     root: &Path,
@@ -49,7 +53,7 @@ pub fn write_config_with_timeout(
 ) -> PathBuf {
     let dir = root.join("recordings");
     let text = format!(
-        "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\npbx = \"udp:{pbx}\"\n\n\
+        "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\npbx = \"udp:{pbx}\"\n{NO_DNS}\n\
          [media]\nbind = \"127.0.0.1\"\nadvertise = \"127.0.0.1\"\nports = \"{}-{}\"\ntimeout = \"{media_timeout}\"\n\n\
          [recording]\ndir = \"{}\"\n{extra_recording}",
         ports.0,
