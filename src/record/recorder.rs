@@ -4,7 +4,7 @@
 //! fills the tap queue, whose overflow is counted as a gap.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -159,8 +159,6 @@ impl Recorder {
                     active: HashMap::new(),
                     failed: HashMap::new(),
                     events,
-                    pcm: Vec::with_capacity(2048),
-                    out: Vec::with_capacity(16_384),
                     deferred: VecDeque::new(),
                 };
                 worker.run(&command_rx, &tap_rx);
@@ -195,7 +193,10 @@ impl Recorder {
     }
 }
 
-struct Active {
+/// One recording: its WAV, its timeline, its decoders and DTMF state. The recorder thread
+/// keeps one per active call; `recproxy import` drives one per call with the capture's times.
+/// Every method takes the time it is about: nothing here reads the clock.
+pub struct Session {
     wav: WavWriter,
     timeline: Timeline,
     /// Time of the first sample (event offsets count from it).
@@ -211,22 +212,25 @@ struct Active {
     dtmf_clock: [u32; 2],
     /// Digits so far, merged into the record's events at the end.
     dtmf_events: Vec<CallEventRecord>,
+    mask_dtmf: bool,
     first_codec: [Option<Codec>; 2],
+    header_update: Duration,
     last_header: Instant,
     /// Set when the disk failed: no more writes, the sidecar says why.
     error: Option<String>,
     recording_id: String,
     sidecar: PathBuf,
+    /// Decoded samples of one packet, and frames ready for the file: reused.
+    pcm: Vec<i16>,
+    out: Vec<i16>,
 }
 
 struct Worker {
     cfg: RecorderConfig,
-    active: HashMap<u64, Active>,
+    active: HashMap<u64, Session>,
     /// Slots whose WAV could not be opened, with why and where their sidecar goes.
     failed: HashMap<u64, (String, PathBuf)>,
     events: tokio::sync::mpsc::UnboundedSender<RecorderEvent>,
-    pcm: Vec<i16>,
-    out: Vec<i16>,
     /// Commands read early while looking for a `Start` (see `pull_forward_setup`), run next in order.
     deferred: VecDeque<Command>,
 }
@@ -286,8 +290,7 @@ impl Worker {
             Command::Start(start) => self.open(*start),
             Command::Codecs { slot, codecs, aux } => {
                 if let Some(a) = self.active.get_mut(&slot) {
-                    a.codecs = codecs;
-                    a.aux = aux;
+                    a.set_maps(codecs, aux);
                 }
             }
             Command::Stop {
@@ -310,61 +313,16 @@ impl Worker {
     }
 
     fn open(&mut self, start: StartRecording) {
-        let StartRecording {
-            slot,
-            wav_path,
-            sidecar_path,
-            start,
-            codecs,
-            aux,
-            rate,
-            record,
-        } = start;
-        let opened = wav_path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .map_err(|e| e.to_string())
-            .and_then(|()| WavWriter::create(&wav_path, rate, 2).map_err(|e| e.to_string()));
-        match opened {
-            Ok(wav) => {
-                self.write(&sidecar_path, &record);
-                self.active.insert(
-                    slot,
-                    Active {
-                        wav,
-                        timeline: Timeline::new(
-                            start,
-                            TimelineConfig {
-                                rate,
-                                ..self.cfg.timeline.clone()
-                            },
-                        ),
-                        start,
-                        rate,
-                        decoders: [None, None],
-                        codecs,
-                        aux,
-                        dtmf: [DtmfTracker::new(), DtmfTracker::new()],
-                        dtmf_clock: [8000; 2],
-                        dtmf_events: Vec::new(),
-                        first_codec: [None, None],
-                        last_header: Instant::now(),
-                        error: None,
-                        recording_id: record.recording_id.clone(),
-                        sidecar: sidecar_path,
-                    },
-                );
+        let slot = start.slot;
+        let recording_id = start.record.recording_id.clone();
+        let sidecar = start.sidecar_path.clone();
+        match Session::open(&self.cfg, start) {
+            Ok(session) => {
+                self.active.insert(slot, session);
             }
             Err(error) => {
-                tracing::error!(recording_id = %record.recording_id, %error, "cannot open WAV");
-                self.failed.insert(
-                    slot,
-                    (
-                        format!("cannot create {}: {error}", wav_path.display()),
-                        sidecar_path,
-                    ),
-                );
+                tracing::error!(%recording_id, %error, "cannot open WAV");
+                self.failed.insert(slot, (error, sidecar));
             }
         }
     }
@@ -379,8 +337,7 @@ impl Worker {
                 Command::Start(start) => self.open(*start),
                 Command::Codecs { slot, codecs, aux } => {
                     if let Some(a) = self.active.get_mut(&slot) {
-                        a.codecs = codecs;
-                        a.aux = aux;
+                        a.set_maps(codecs, aux);
                     }
                 }
                 other => self.deferred.push_back(other),
@@ -389,107 +346,26 @@ impl Worker {
     }
 
     fn packet(&mut self, pkt: &TapPacket, commands: &Receiver<Command>) {
-        if !self.active.contains_key(&pkt.slot) && !self.failed.contains_key(&pkt.slot) {
+        let bytes = pkt.bytes();
+        let Ok((header, _)) = rtp::parse(bytes) else {
+            return;
+        };
+        let known = self
+            .active
+            .get(&pkt.slot)
+            .is_some_and(|a| a.knows(pkt.party, header.payload_type));
+        if !known && !self.failed.contains_key(&pkt.slot) {
+            // Its Start or new maps may still be queued behind the packet.
             self.pull_forward_setup(commands);
         }
-        let Some(active) = self.active.get_mut(&pkt.slot) else {
-            return;
-        };
-        let Ok((header, payload)) = rtp::parse(pkt.bytes()) else {
-            return;
-        };
-        let pt = header.payload_type;
-        let lookup = |a: &Active| {
-            let codec = a.codecs[idx(pkt.party)]
-                .iter()
-                .find(|(p, _)| *p == pt)
-                .map(|(_, c)| *c);
-            let aux = a.aux[idx(pkt.party)]
-                .iter()
-                .find(|(p, _)| *p == pt)
-                .map(|(_, x)| *x);
-            (codec, aux)
-        };
-        let mut found = lookup(active);
-        if found == (None, None) {
-            self.pull_forward_setup(commands);
-            found = self.active.get(&pkt.slot).map_or((None, None), lookup);
+        if let Some(session) = self.active.get_mut(&pkt.slot) {
+            session.packet(pkt.party, pkt.arrival, bytes);
         }
-        let mask = self.cfg.mask_dtmf;
-        let Some(active) = self.active.get_mut(&pkt.slot) else {
-            return;
-        };
-        let codec = match found {
-            (Some(codec), _) => codec,
-            (None, Some(Aux::ComfortNoise)) => {
-                active.timeline.note(side(pkt.party), &header);
-                return;
-            }
-            (None, Some(Aux::TelephoneEvent { clock_rate })) => {
-                active.timeline.note(side(pkt.party), &header);
-                let i = idx(pkt.party);
-                active.dtmf_clock[i] = clock_rate;
-                let mut updates = Vec::new();
-                active.dtmf[i].push(pkt.arrival, &header, payload, clock_rate, &mut updates);
-                for update in updates {
-                    active.on_dtmf(pkt.party, update, mask);
-                }
-                return;
-            }
-            // Undecodable payloads carry no audio to place.
-            (None, None) => return,
-        };
-        let i = idx(pkt.party);
-        active.first_codec[i].get_or_insert(codec);
-        if active.decoders[i].as_ref().map(Decoder::codec) != Some(codec) {
-            // A new codec (re-INVITE) gets a fresh decoder at the WAV's rate.
-            match Decoder::new(codec, active.rate) {
-                Ok(d) => active.decoders[i] = Some(d),
-                Err(e) => {
-                    tracing::warn!(recording_id = %active.recording_id, error = %e, "cannot decode");
-                    return;
-                }
-            }
-        }
-        let Some(decoder) = active.decoders[i].as_mut() else {
-            return;
-        };
-        self.pcm.clear();
-        if let Err(e) = decoder.decode(payload, &mut self.pcm) {
-            // A damaged packet: its place stays silent, like a lost one.
-            tracing::debug!(recording_id = %active.recording_id, error = %e, "undecodable packet");
-            active.timeline.note(side(pkt.party), &header);
-            return;
-        }
-        active.timeline.push(
-            side(pkt.party),
-            pkt.arrival,
-            &header,
-            codec.rtp_clock_rate(),
-            &self.pcm,
-        );
     }
 
     fn tick(&mut self, now: Instant) {
-        let mask = self.cfg.mask_dtmf;
-        for active in self.active.values_mut() {
-            for party in [Party::Caller, Party::Callee] {
-                let i = idx(party);
-                if let Some(update) = active.dtmf[i].poll(now, active.dtmf_clock[i]) {
-                    active.on_dtmf(party, update, mask);
-                }
-            }
-            self.out.clear();
-            active.timeline.drain_ready(now, &mut self.out);
-            write_samples(active, &self.out);
-            if active.error.is_none()
-                && now.duration_since(active.last_header) >= self.cfg.header_update
-            {
-                active.last_header = now;
-                if let Err(e) = active.wav.update_header() {
-                    fail(active, format!("header update failed: {e}"));
-                }
-            }
+        for session in self.active.values_mut() {
+            session.tick(now);
         }
     }
 
@@ -502,59 +378,12 @@ impl Worker {
             self.finalised(sidecar, record);
             return;
         }
-        let Some(mut active) = self.active.remove(&slot) else {
+        let Some(session) = self.active.remove(&slot) else {
             tracing::warn!(slot, recording_id = %record.recording_id, "stop for unknown recording");
             return;
         };
-        let sidecar = active.sidecar.clone();
-        for party in [Party::Caller, Party::Callee] {
-            let i = idx(party);
-            if let Some(update) = active.dtmf[i].close(end, active.dtmf_clock[i]) {
-                active.on_dtmf(party, update, self.cfg.mask_dtmf);
-            }
-        }
-        record.events.append(&mut active.dtmf_events);
-        record.events.sort_by_key(|e| e.at_ms);
-        self.out.clear();
-        active.timeline.finish(end, &mut self.out);
-        write_samples(&mut active, &self.out);
-        for party in [Party::Caller, Party::Callee] {
-            let stats = active.timeline.stats(side(party));
-            let leg = LegInfo {
-                codec: active.first_codec[idx(party)].map(|c| c.name().to_string()),
-                packets: stats.packets,
-                lost: stats.lost,
-                late: stats.late,
-                gap_ms: tap_drops[idx(party)] * 20,
-            };
-            match party {
-                Party::Caller => record.legs.caller = leg,
-                Party::Callee => record.legs.callee = leg,
-            }
-        }
-        let path = active.wav.path().to_path_buf();
-        let error = active.error.take();
-        let summary = active.wav.finish();
-        match (summary, error) {
-            (Ok(summary), error) => {
-                if let Some(wav) = record.wav.as_mut() {
-                    wav.bytes = Some(summary.file_bytes);
-                    wav.duration_ms = Some(summary.frames * 1000 / u64::from(summary.rate.max(1)));
-                    wav.sha256 = sha256_file(&path).ok();
-                }
-                record.state = RecordState::Complete;
-                if let Some(error) = error {
-                    // Disk trouble mid-call: what was written is kept and the sidecar says so.
-                    record.service.decision = Decision::Failed;
-                    record.service.reason = Some(error);
-                }
-            }
-            (Err(e), _) => {
-                record.state = RecordState::NotRecorded;
-                record.service.decision = Decision::Failed;
-                record.not_recorded_reason = Some(format!("cannot finish WAV: {e}"));
-            }
-        }
+        let sidecar = session.sidecar_path().to_path_buf();
+        let record = session.close(end, record, tap_drops);
         self.finalised(sidecar, record);
     }
 
@@ -584,18 +413,231 @@ impl Worker {
 
     /// The daemon stopped without stopping these recordings: make the files valid at least.
     fn abandon_all(&mut self, why: &str) {
-        for (_, mut active) in self.active.drain() {
-            let _ = active.wav.update_header();
-            tracing::warn!(recording_id = %active.recording_id, why, "recording left open");
+        for (_, mut session) in self.active.drain() {
+            let _ = session.wav.update_header();
+            tracing::warn!(recording_id = %session.recording_id, why, "recording left open");
         }
     }
 }
 
-impl Active {
+impl Session {
+    /// Creates the WAV (and its directory) and writes the first sidecar. Err: why the WAV
+    /// could not be created.
+    pub fn open(cfg: &RecorderConfig, start: StartRecording) -> Result<Session, String> {
+        let StartRecording {
+            wav_path,
+            sidecar_path,
+            start,
+            codecs,
+            aux,
+            rate,
+            record,
+            ..
+        } = start;
+        let wav = wav_path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .map_err(|e| e.to_string())
+            .and_then(|()| WavWriter::create(&wav_path, rate, 2).map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot create {}: {e}", wav_path.display()))?;
+        if let Err(e) = write_sidecar(&sidecar_path, &record) {
+            tracing::error!(recording_id = %record.recording_id, error = %e, "cannot write sidecar");
+        }
+        Ok(Session {
+            wav,
+            timeline: Timeline::new(
+                start,
+                TimelineConfig {
+                    rate,
+                    ..cfg.timeline.clone()
+                },
+            ),
+            start,
+            rate,
+            decoders: [None, None],
+            codecs,
+            aux,
+            dtmf: [DtmfTracker::new(), DtmfTracker::new()],
+            dtmf_clock: [8000; 2],
+            dtmf_events: Vec::new(),
+            mask_dtmf: cfg.mask_dtmf,
+            first_codec: [None, None],
+            header_update: cfg.header_update,
+            last_header: start,
+            error: None,
+            recording_id: record.recording_id,
+            sidecar: sidecar_path,
+            pcm: Vec::with_capacity(2048),
+            out: Vec::with_capacity(16_384),
+        })
+    }
+
+    /// Where its sidecar goes.
+    pub fn sidecar_path(&self) -> &Path {
+        &self.sidecar
+    }
+
+    /// New payload maps after a re-negotiation.
+    pub fn set_maps(&mut self, codecs: [CodecMap; 2], aux: [AuxMap; 2]) {
+        self.codecs = codecs;
+        self.aux = aux;
+    }
+
+    /// Whether `party`'s payload type `pt` is in the maps (audio, events or comfort noise).
+    pub fn knows(&self, party: Party, pt: u8) -> bool {
+        let i = idx(party);
+        self.codecs[i].iter().any(|(p, _)| *p == pt) || self.aux[i].iter().any(|(p, _)| *p == pt)
+    }
+
+    /// One RTP packet `party` sent, received at `arrival`: decoded onto the timeline, or
+    /// taken as a DTMF event or comfort noise; anything else is ignored.
+    pub fn packet(&mut self, party: Party, arrival: Instant, bytes: &[u8]) {
+        let Ok((header, payload)) = rtp::parse(bytes) else {
+            return;
+        };
+        let i = idx(party);
+        let pt = header.payload_type;
+        let codec = self.codecs[i]
+            .iter()
+            .find(|(p, _)| *p == pt)
+            .map(|(_, c)| *c);
+        let aux = self.aux[i].iter().find(|(p, _)| *p == pt).map(|(_, x)| *x);
+        let codec = match (codec, aux) {
+            (Some(codec), _) => codec,
+            (None, Some(Aux::ComfortNoise)) => {
+                self.timeline.note(side(party), &header);
+                return;
+            }
+            (None, Some(Aux::TelephoneEvent { clock_rate })) => {
+                self.timeline.note(side(party), &header);
+                self.dtmf_clock[i] = clock_rate;
+                let mut updates = Vec::new();
+                self.dtmf[i].push(arrival, &header, payload, clock_rate, &mut updates);
+                for update in updates {
+                    self.on_dtmf(party, update);
+                }
+                return;
+            }
+            // Undecodable payloads carry no audio to place.
+            (None, None) => return,
+        };
+        self.first_codec[i].get_or_insert(codec);
+        if self.decoders[i].as_ref().map(Decoder::codec) != Some(codec) {
+            // A new codec (re-INVITE) gets a fresh decoder at the WAV's rate.
+            match Decoder::new(codec, self.rate) {
+                Ok(d) => self.decoders[i] = Some(d),
+                Err(e) => {
+                    tracing::warn!(recording_id = %self.recording_id, error = %e, "cannot decode");
+                    return;
+                }
+            }
+        }
+        let Some(decoder) = self.decoders[i].as_mut() else {
+            return;
+        };
+        self.pcm.clear();
+        if let Err(e) = decoder.decode(payload, &mut self.pcm) {
+            // A damaged packet: its place stays silent, like a lost one.
+            tracing::debug!(recording_id = %self.recording_id, error = %e, "undecodable packet");
+            self.timeline.note(side(party), &header);
+            return;
+        }
+        self.timeline.push(
+            side(party),
+            arrival,
+            &header,
+            codec.rtp_clock_rate(),
+            &self.pcm,
+        );
+    }
+
+    /// Ends digits whose end packet never came, moves the audio that can no longer change to
+    /// the file, and brings the WAV header up to date every `header_update`.
+    pub fn tick(&mut self, now: Instant) {
+        for party in [Party::Caller, Party::Callee] {
+            let i = idx(party);
+            if let Some(update) = self.dtmf[i].poll(now, self.dtmf_clock[i]) {
+                self.on_dtmf(party, update);
+            }
+        }
+        self.out.clear();
+        self.timeline.drain_ready(now, &mut self.out);
+        self.write_out();
+        if self.error.is_none()
+            && now.saturating_duration_since(self.last_header) >= self.header_update
+        {
+            self.last_header = now;
+            if let Err(e) = self.wav.update_header() {
+                self.fail(format!("header update failed: {e}"));
+            }
+        }
+    }
+
+    /// Writes the audio up to `end`, finishes the WAV, and returns `record` completed with the
+    /// legs' figures, the digits and the file's size, length and SHA-256 (or why it failed).
+    /// `tap_drops`: packet copies that never reached the recorder, per side.
+    pub fn close(
+        mut self,
+        end: Instant,
+        mut record: CallRecord,
+        tap_drops: [u64; 2],
+    ) -> CallRecord {
+        for party in [Party::Caller, Party::Callee] {
+            let i = idx(party);
+            if let Some(update) = self.dtmf[i].close(end, self.dtmf_clock[i]) {
+                self.on_dtmf(party, update);
+            }
+        }
+        record.events.append(&mut self.dtmf_events);
+        record.events.sort_by_key(|e| e.at_ms);
+        self.out.clear();
+        self.timeline.finish(end, &mut self.out);
+        self.write_out();
+        for party in [Party::Caller, Party::Callee] {
+            let stats = self.timeline.stats(side(party));
+            let leg = LegInfo {
+                codec: self.first_codec[idx(party)].map(|c| c.name().to_string()),
+                packets: stats.packets,
+                lost: stats.lost,
+                late: stats.late,
+                gap_ms: tap_drops[idx(party)] * 20,
+            };
+            match party {
+                Party::Caller => record.legs.caller = leg,
+                Party::Callee => record.legs.callee = leg,
+            }
+        }
+        let path = self.wav.path().to_path_buf();
+        let error = self.error.take();
+        match (self.wav.finish(), error) {
+            (Ok(summary), error) => {
+                if let Some(wav) = record.wav.as_mut() {
+                    wav.bytes = Some(summary.file_bytes);
+                    wav.duration_ms = Some(summary.frames * 1000 / u64::from(summary.rate.max(1)));
+                    wav.sha256 = sha256_file(&path).ok();
+                }
+                record.state = RecordState::Complete;
+                if let Some(error) = error {
+                    // Disk trouble mid-call: what was written is kept and the sidecar says so.
+                    record.service.decision = Decision::Failed;
+                    record.service.reason = Some(error);
+                }
+            }
+            (Err(e), _) => {
+                record.state = RecordState::NotRecorded;
+                record.service.decision = Decision::Failed;
+                record.not_recorded_reason = Some(format!("cannot finish WAV: {e}"));
+            }
+        }
+        record
+    }
+
     /// A digit began or ended on `party`'s stream: masked (silence over its audio on both
     /// channels, from a little before to a little after), and noted as a `dtmf` event at its
     /// start, without the digit when masking.
-    fn on_dtmf(&mut self, party: Party, update: DtmfUpdate, mask: bool) {
+    fn on_dtmf(&mut self, party: Party, update: DtmfUpdate) {
+        let mask = self.mask_dtmf;
         match update {
             DtmfUpdate::Began { at, .. } => {
                 if mask {
@@ -623,6 +665,20 @@ impl Active {
             }
         }
     }
+
+    fn write_out(&mut self) {
+        if self.out.is_empty() || self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.wav.append(&self.out) {
+            self.fail(format!("write failed: {e}"));
+        }
+    }
+
+    fn fail(&mut self, error: String) {
+        tracing::error!(recording_id = %self.recording_id, %error, "recording stopped; the call goes on");
+        self.error = Some(error);
+    }
 }
 
 fn party_name(party: Party) -> &'static str {
@@ -630,18 +686,4 @@ fn party_name(party: Party) -> &'static str {
         Party::Caller => "caller",
         Party::Callee => "callee",
     }
-}
-
-fn write_samples(active: &mut Active, samples: &[i16]) {
-    if samples.is_empty() || active.error.is_some() {
-        return;
-    }
-    if let Err(e) = active.wav.append(samples) {
-        fail(active, format!("write failed: {e}"));
-    }
-}
-
-fn fail(active: &mut Active, error: String) {
-    tracing::error!(recording_id = %active.recording_id, %error, "recording stopped; the call goes on");
-    active.error = Some(error);
 }
