@@ -120,11 +120,21 @@ fn sipp_uac_and_uas_with_pcap_audio_through_the_proxy_are_recorded_on_both_chann
     assert_eq!(v["legs"]["caller"]["codec"], "PCMA");
     assert_eq!(v["legs"]["callee"]["codec"], "PCMA");
     // g711a.pcap holds 236 RTP packets (7 s of 30 ms PCMA): every one of them, each way, reached
-    // the recording, and none is missing by sequence number.
-    for leg in ["caller", "callee"] {
-        assert_eq!(v["legs"][leg]["packets"], 236, "{leg}");
+    // the recording, and none is missing by sequence number. The caller then keys a '1' from
+    // dtmf_2833_1.pcap: 10 RFC 2833 packets more, one digit in the events.
+    for (leg, packets) in [("caller", 246), ("callee", 236)] {
+        assert_eq!(v["legs"][leg]["packets"], packets, "{leg}");
         assert_eq!(v["legs"][leg]["lost"], 0, "{leg}");
     }
+    let digits: Vec<&serde_json::Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "dtmf")
+        .collect();
+    assert_eq!(digits.len(), 1, "{v:#}");
+    assert_eq!(digits[0]["digit"], "1");
+    assert_eq!(digits[0]["by"], "caller");
     let wav = Wav::read(Path::new(v["wav"]["path"].as_str().unwrap()));
     // uac_pcap talks about 9 s (7 s of audio, then a pause, a DTMF digit and BYE).
     assert!(
