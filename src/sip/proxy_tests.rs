@@ -1721,3 +1721,72 @@ fn an_ack_without_the_owed_answer_accepts_the_offer_in_the_2xx() {
     let (_, events) = h.input(PHONE, &ack);
     assert!(events.is_empty(), "{events:?}");
 }
+
+#[test]
+fn info_message_subscribe_and_notify_pass_through_with_their_bodies() {
+    let mut h = Harness::new();
+    answered_call(&mut h, "");
+    // INFO in the call (SIP INFO DTMF, RFC 6086): routed by Route, body untouched, answered.
+    let body = "Signal=5\r\nDuration=160\r\n";
+    let info = in_dialog_from_caller("INFO", 3, "Content-Type: application/dtmf-relay\r\n")
+        .replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!("Content-Length: {}\r\n\r\n{body}", body.len()),
+        );
+    let (sends, events) = h.input(PHONE, &info);
+    assert!(events.is_empty());
+    let fwd = sends
+        .iter()
+        .find(|(to, _)| *to == addr(PBX))
+        .unwrap()
+        .1
+        .clone();
+    assert!(fwd.starts_with("INFO sip:pbx@192.0.2.5 SIP/2.0\r\n"));
+    assert!(fwd.ends_with(&format!("\r\n\r\n{body}")), "{fwd}");
+    let (sends, _) = h.input(PBX, &response(&fwd, 200, "OK", Some("pbx1"), "", ""));
+    assert_eq!(sends[0].0, addr(PHONE));
+
+    // MESSAGE outside any dialog (RFC 3428): to the PBX, no Record-Route, body untouched.
+    let text = "Ring me back, please";
+    let message = format!(
+        "MESSAGE sip:2000@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKmsg1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:0401234567@198.51.100.7>;tag=m1\r\nTo: <sip:2000@192.0.2.10>\r\n\
+Call-ID: msg-1@198.51.100.7\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+Content-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    let (sends, events) = h.input(PHONE, &message);
+    assert!(events.is_empty());
+    assert_eq!(sends.len(), 1, "no 100 Trying for a non-INVITE: {sends:?}");
+    assert_eq!(sends[0].0, addr(PBX));
+    assert!(headers(&sends[0].1, "Record-Route").is_empty());
+    assert!(sends[0].1.ends_with(text));
+
+    // SUBSCRIBE creates a dialog (RFC 6665): Record-Routed, so the PBX's NOTIFYs come back
+    // through us and are routed to the subscriber by their Route and Request-URI.
+    let subscribe = "SUBSCRIBE sip:2000@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKsub1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:0401234567@198.51.100.7>;tag=s1\r\nTo: <sip:2000@192.0.2.10>\r\n\
+Call-ID: sub-1@198.51.100.7\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:0401234567@198.51.100.7:5060>\r\n\
+Event: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n";
+    let (sends, _) = h.input(PHONE, subscribe);
+    assert_eq!(sends[0].0, addr(PBX));
+    assert_eq!(
+        headers(&sends[0].1, "Record-Route"),
+        ["<sip:192.0.2.10:5060;lr>"]
+    );
+    let notify = "NOTIFY sip:0401234567@198.51.100.7:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKnot1\r\n\
+Route: <sip:192.0.2.10:5060;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:2000@192.0.2.10>;tag=n1\r\n\
+To: <sip:0401234567@198.51.100.7>;tag=s1\r\nCall-ID: sub-1@198.51.100.7\r\nCSeq: 1 NOTIFY\r\n\
+Event: dialog\r\nSubscription-State: active;expires=600\r\nContent-Length: 0\r\n\r\n";
+    let (sends, events) = h.input(PBX, notify);
+    assert!(events.is_empty());
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].0, addr(PHONE));
+    assert!(sends[0]
+        .1
+        .contains("Subscription-State: active;expires=600\r\n"));
+    assert!(
+        !sends[0].1.contains("Route:"),
+        "our Route entry is taken off"
+    );
+}
