@@ -61,6 +61,14 @@ impl Daemon {
     /// Recovers what a crash left open, binds every socket and starts the recorder. Must be
     /// called inside a tokio runtime.
     pub async fn start(cfg: &Config) -> Result<Daemon, StartError> {
+        // A file that reaches the process's size limit (ulimit -f) must fail its write with
+        // EFBIG, which stops that one recording; the default SIGXFSZ would kill every call.
+        // tokio's handler replaces the default action for good.
+        if let Err(e) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+        {
+            tracing::warn!(error = %e, "cannot take over SIGXFSZ");
+        }
         let dir = &cfg.recording.dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RecordingDir {
             path: dir.clone(),

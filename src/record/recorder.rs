@@ -17,7 +17,7 @@ use crate::media::rtp;
 use crate::media::tap::TapPacket;
 use crate::record::dtmf::{DtmfTracker, DtmfUpdate};
 use crate::record::timeline::{Side, Timeline, TimelineConfig};
-use crate::record::wav::{sha256_file, WavWriter};
+use crate::record::wav::{repair, sha256_file, WavWriter};
 use crate::sip::proxy::Party;
 
 /// How often ready audio is moved from the timelines into the files.
@@ -609,8 +609,14 @@ impl Session {
             }
         }
         let path = self.wav.path().to_path_buf();
-        let error = self.error.take();
-        match (self.wav.finish(), error) {
+        let mut error = self.error.take();
+        // After a failed write (disk full) the writer still holds samples the disk refused:
+        // the file is closed as it is and its header made to cover what did reach the disk.
+        let finished = self.wav.finish().or_else(|e| {
+            error.get_or_insert_with(|| format!("cannot finish WAV: {e}"));
+            repair(&path)
+        });
+        match (finished, error) {
             (Ok(summary), error) => {
                 if let Some(wav) = record.wav.as_mut() {
                     wav.bytes = Some(summary.file_bytes);

@@ -68,15 +68,20 @@ pub fn write_config_with_timeout(
 impl Daemon {
     /// Starts the daemon on `config` and waits (at most 15 s) for its "listening" line.
     pub fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_recproxy"))
-            .args(["run", "--config"])
+        Daemon::start_with(config, |_| {})
+    }
+
+    /// Like [`Daemon::start`], with `setup` applied to the command first (limits, say).
+    pub fn start_with(config: &Path, setup: impl FnOnce(&mut Command)) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_recproxy"));
+        cmd.args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn recproxy");
+            .stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn recproxy");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
