@@ -4,11 +4,15 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, validated with file/line/key errors.
-//! - [`sip`]: message layer, sans-IO proxy core (transactions, dialogs, routing), UDP driver.
+//! - [`sip`]: message layer, sans-IO proxy core (transactions, dialogs, routing), the UDP/TCP
+//!   driver, next-hop DNS.
 //! - [`sdp`]: SDP parse/print and the rewrite that anchors media at the proxy.
 //! - [`media`]: port pool, RTP/RTCP relay with latching, the tap to the recorder.
-//! - [`codec`]: G.711 decoding to 16-bit PCM.
-//! - [`record`]: sans-IO timeline aligning both parties, WAV writer, the recorder thread.
+//! - [`codec`]: PCMU, PCMA, G.722 and Opus decoding (and encoding, for the test agents) to 16-bit
+//!   PCM at 8 or 16 kHz, with resampling.
+//! - [`record`]: sans-IO timeline aligning both parties, DTMF tracking, WAV writer, the recording
+//!   session and the recorder thread.
+//! - [`import`]: reading pcap/pcapng captures to rebuild calls offline.
 //! - [`call`]: the call registry (single owner of call state) and the metadata sidecar.
 //! - [`ops`]: start-up, recovery, shutdown, logging.
 //! - [`demo`]: built-in user agents and the `recproxy demo` run.
