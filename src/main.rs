@@ -1,5 +1,5 @@
 //! The `recproxy` command line: parses arguments, loads the configuration and wires the daemon,
-//! `check-config` and `demo`. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+//! `check-config`, `demo` and `import`. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use recproxy::{config, demo, ops};
+use recproxy::{config, demo, import, ops};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,15 @@ enum Command {
         /// Talk time of each call in seconds.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=600))]
         seconds: u64,
+    },
+    /// Rebuild the calls in a packet capture (pcap or pcapng: SIP over UDP or TCP, and RTP) and
+    /// record each one as the daemon would: a stereo WAV and a JSON sidecar per call.
+    Import {
+        /// The capture file.
+        file: PathBuf,
+        /// Where recordings and metadata go.
+        #[arg(long, default_value = "recordings")]
+        out: PathBuf,
     },
 }
 
@@ -103,6 +112,19 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("recproxy demo: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Import { file, out } => {
+            ops::init_tracing("warn");
+            match import::import(&file, &out) {
+                Ok(report) => {
+                    println!("{}", report.table());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("recproxy import: {e}");
                     ExitCode::from(1)
                 }
             }
