@@ -75,6 +75,8 @@ pub struct RecordingConfig {
     pub mask_dtmf: bool,
     /// WAV rate of calls that can use a wideband codec (G.722, Opus): 16000 or 8000.
     pub wideband_rate: u32,
+    /// How long a position of the recording waits for late or reordered packets.
+    pub reorder_window: Duration,
 }
 
 /// Why a configuration could not be loaded.
@@ -111,6 +113,14 @@ pub const MAX_MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=65535
 pub const MEDIA_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 /// Longest `media.timeout`: keeps deadline arithmetic far from overflow and dead calls bounded.
 pub const MEDIA_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Default `recording.reorder_window`: covers the jitter of any network a call survives.
+pub const REORDER_WINDOW_DEFAULT: Duration = Duration::from_millis(60);
+/// Shortest `recording.reorder_window`: one packet time.
+pub const REORDER_WINDOW_MIN: Duration = Duration::from_millis(20);
+/// Longest `recording.reorder_window`: within the timeline's 2 s ring, and a packet later than
+/// this is of no use to anyone in the call either.
+pub const REORDER_WINDOW_MAX: Duration = Duration::from_millis(1000);
+
 /// Shortest `recording.header_update`: more often would turn header rewrites into the main IO.
 pub const HEADER_UPDATE_MIN: Duration = Duration::from_millis(100);
 /// Longest `recording.header_update`: a crash may lose at most this much audio.
@@ -220,6 +230,8 @@ struct RawRecording {
     mask_dtmf: Option<bool>,
     /// Optional 8000 or 16000, default 16000.
     wideband_rate: Option<Spanned<i64>>,
+    /// Optional duration, default 60 ms.
+    reorder_window: Option<Spanned<String>>,
 }
 
 /// Reads `path` and parses it; see [`parse`].
@@ -381,6 +393,15 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             }
         },
     };
+    let reorder_window = match &recording.reorder_window {
+        None => REORDER_WINDOW_DEFAULT,
+        Some(s) => duration_in(
+            doc,
+            s,
+            "recording.reorder_window",
+            REORDER_WINDOW_MIN..=REORDER_WINDOW_MAX,
+        )?,
+    };
     let header_update = match &recording.header_update {
         None => default_header_update(),
         Some(s) => duration_in(
@@ -442,6 +463,7 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             header_update,
             mask_dtmf: recording.mask_dtmf.unwrap_or(false),
             wideband_rate,
+            reorder_window,
         },
         source: PathBuf::new(),
     })

@@ -79,6 +79,7 @@ fn example_file_parses_to_the_documented_values() {
                 header_update: Duration::from_secs(5),
                 mask_dtmf: false,
                 wideband_rate: 16000,
+                reorder_window: Duration::from_millis(60),
             },
             source: PathBuf::from("etc/recproxy.toml"),
         }
@@ -316,6 +317,14 @@ fn bad_cases() -> Vec<BadCase> {
             2,
             20,
             "sip.tcp_idle_timeout",
+            "out of range",
+        ),
+        (
+            "reorder window too long",
+            edit("header_update = \"5s\"", "header_update = \"5s\"\nreorder_window = \"5s\""),
+            13,
+            18,
+            "recording.reorder_window",
             "out of range",
         ),
         (

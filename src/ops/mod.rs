@@ -106,6 +106,7 @@ impl Daemon {
                 header_update: cfg.recording.header_update,
                 timeline: TimelineConfig {
                     rate: SAMPLE_RATE,
+                    reorder_window: cfg.recording.reorder_window,
                     ..TimelineConfig::default()
                 },
                 tap_queue: DEFAULT_TAP_QUEUE,

@@ -24,6 +24,10 @@ use crate::sip::proxy::Party;
 const TICK: Duration = Duration::from_millis(20);
 /// Packets handled between two looks at the command queue.
 const PACKET_BATCH: usize = 512;
+/// Lost packets (in a row) that a codec with loss concealment fills: Opus rebuilds the last
+/// one from the next packet's in-band FEC and the others by its PLC; longer gaps stay silent.
+const MAX_CONCEALED: u16 = 3;
+
 /// A masked digit's silence starts this much before its first event packet and ends this much
 /// after its end packet: phones start the tone before they signal it and the event packets
 /// travel beside the audio, not ahead of it. Within the timeline's reorder window.
@@ -205,6 +209,9 @@ pub struct Session {
     rate: u32,
     /// The decoder of each side's current codec, made when its first packet comes.
     decoders: [Option<Decoder>; 2],
+    /// SSRC, sequence number and timestamp of each side's last in-order audio packet, for
+    /// loss concealment.
+    last_audio: [Option<(u32, u16, u32)>; 2],
     codecs: [CodecMap; 2],
     aux: [AuxMap; 2],
     /// RFC 4733 state per side, and the event clock each side last used.
@@ -456,6 +463,7 @@ impl Session {
             start,
             rate,
             decoders: [None, None],
+            last_audio: [None, None],
             codecs,
             aux,
             dtmf: [DtmfTracker::new(), DtmfTracker::new()],
@@ -537,16 +545,43 @@ impl Session {
             return;
         };
         self.pcm.clear();
+        // Packets lost just before this one: a codec with concealment fills their time, and
+        // the filled audio goes in front of this packet's (its sequence number alone is
+        // counted, so the lost ones stay lost in the figures, and a late original still takes
+        // its place).
+        let mut placed = header;
+        let previous = self.last_audio[i].filter(|(ssrc, _, _)| *ssrc == header.ssrc);
+        if let (Codec::Opus, Some((_, seq, ts))) = (codec, previous) {
+            let gap = header.seq.wrapping_sub(seq);
+            let per = header.timestamp.wrapping_sub(ts) / u32::from(gap.max(1));
+            // 2.5 to 120 ms a packet (RFC 7587 frame sizes at 48 kHz).
+            if (2..=MAX_CONCEALED + 1).contains(&gap) && (120..=5760).contains(&per) {
+                let samples = (u64::from(per) * u64::from(self.rate)
+                    / u64::from(codec.rtp_clock_rate())) as usize;
+                for missing in 1..gap {
+                    let next = (missing == gap - 1).then_some(payload);
+                    decoder.conceal(samples, next, &mut self.pcm);
+                }
+                placed.timestamp = ts.wrapping_add(per);
+            }
+        }
         if let Err(e) = decoder.decode(payload, &mut self.pcm) {
             // A damaged packet: its place stays silent, like a lost one.
             tracing::debug!(recording_id = %self.recording_id, error = %e, "undecodable packet");
             self.timeline.note(side(party), &header);
             return;
         }
+        let advanced = previous.is_none_or(|(_, seq, _)| {
+            let d = header.seq.wrapping_sub(seq);
+            d != 0 && d < 0x8000
+        });
+        if advanced {
+            self.last_audio[i] = Some((header.ssrc, header.seq, header.timestamp));
+        }
         self.timeline.push(
             side(party),
             arrival,
-            &header,
+            &placed,
             codec.rtp_clock_rate(),
             &self.pcm,
         );
@@ -691,5 +726,157 @@ fn party_name(party: Party) -> &'static str {
     match party {
         Party::Caller => "caller",
         Party::Callee => "callee",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Encoder;
+    use crate::demo::tone::Tone;
+    use crate::media::rtp::{write_header, RtpHeader};
+
+    /// (sequence number, RTP timestamp, payload) of one packet.
+    type Packet = (u16, u32, Vec<u8>);
+
+    /// Records `packets` from the caller, 20 ms apart, without those whose sequence number is
+    /// in `lost`; the left channel and the caller's leg figures.
+    fn record(
+        codec: Codec,
+        pt: u8,
+        rate: u32,
+        packets: &[Packet],
+        lost: &[u16],
+    ) -> (Vec<i16>, LegInfo) {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let cfg = RecorderConfig {
+            header_update: Duration::from_secs(5),
+            timeline: TimelineConfig::default(),
+            tap_queue: 1,
+            mask_dtmf: false,
+        };
+        let mut record = CallRecord::new("01TESTRECORDING0000000000".into(), "loss".into());
+        record.wav = Some(crate::call::metadata::WavInfo {
+            path: dir.path().join("r.wav").display().to_string(),
+            bytes: None,
+            sample_rate: rate,
+            channels: 2,
+            duration_ms: None,
+            sha256: None,
+        });
+        let mut session = Session::open(
+            &cfg,
+            StartRecording {
+                slot: 1,
+                wav_path: dir.path().join("r.wav"),
+                sidecar_path: dir.path().join("r.json"),
+                start,
+                codecs: [vec![(pt, codec)], vec![(pt, codec)]],
+                aux: [Vec::new(), Vec::new()],
+                rate,
+                record: record.clone(),
+            },
+        )
+        .unwrap();
+        let first = packets.first().map_or(0, |p| p.0);
+        for (seq, ts, payload) in packets {
+            if lost.contains(seq) {
+                continue;
+            }
+            let mut packet = [0u8; 12].to_vec();
+            let header = RtpHeader {
+                marker: false,
+                payload_type: pt,
+                seq: *seq,
+                timestamp: *ts,
+                ssrc: 9,
+            };
+            write_header(&header, (&mut packet[..12]).try_into().unwrap());
+            packet.extend_from_slice(payload);
+            let at = start + Duration::from_millis(20 * u64::from(seq.wrapping_sub(first)));
+            session.packet(Party::Caller, at, &packet);
+            session.tick(at);
+        }
+        let end = start + Duration::from_millis(20 * packets.len() as u64 + 20);
+        let record = session.close(end, record, [0, 0]);
+        let mut reader = hound::WavReader::open(dir.path().join("r.wav")).unwrap();
+        let left = reader
+            .samples::<i16>()
+            .map(|s| s.unwrap())
+            .step_by(2)
+            .collect();
+        (left, record.legs.caller)
+    }
+
+    /// Correlation of two equally long sample runs (1 = the same shape).
+    fn correlation(a: &[i16], b: &[i16]) -> f64 {
+        let dot = |x: &[i16], y: &[i16]| {
+            x.iter()
+                .zip(y)
+                .map(|(&p, &q)| f64::from(p) * f64::from(q))
+                .sum::<f64>()
+        };
+        dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(1.0)
+    }
+
+    /// The real Opus stream of fixtures/opus (speech-like SILK with in-band FEC).
+    fn opus_fixture() -> Vec<Packet> {
+        let data = include_bytes!("../../fixtures/opus/fec_rtp.rtp");
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(head) = data.get(at..at + 8) {
+            let seq = u16::from_be_bytes([head[0], head[1]]);
+            let ts = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
+            let len = usize::from(u16::from_be_bytes([head[6], head[7]]));
+            let Some(payload) = data.get(at + 8..at + 8 + len) else {
+                break;
+            };
+            out.push((seq, ts, payload.to_vec()));
+            at += 8 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn opus_rebuilds_lost_packets_from_fec_and_still_counts_them_lost() {
+        let packets = opus_fixture();
+        assert_eq!(packets.len(), 400);
+        let first = packets[0].0;
+        // As the capture's `_fec_dropped` sibling: every 100th packet missing.
+        let lost: Vec<u16> = [99u16, 199, 299]
+            .iter()
+            .map(|i| first.wrapping_add(*i))
+            .collect();
+        let (clean, _) = record(Codec::Opus, 107, 16000, &packets, &[]);
+        let (lossy, leg) = record(Codec::Opus, 107, 16000, &packets, &lost);
+        assert_eq!(leg.lost, 3, "{leg:?}");
+        for i in [99usize, 199, 299] {
+            let frame = |ch: &[i16]| ch[i * 320..(i + 1) * 320].to_vec();
+            let c = correlation(&frame(&lossy), &frame(&clean));
+            assert!(
+                c > 0.9,
+                "packet {i}: correlation {c:.3} with the lossless recording"
+            );
+        }
+    }
+
+    #[test]
+    fn g711_leaves_lost_packets_silent() {
+        let mut enc = Encoder::new(Codec::Pcmu, 8000).unwrap();
+        let mut tone = Tone::new(440.0, 8000, 8000);
+        let mut pcm = vec![0i16; 160];
+        let packets: Vec<Packet> = (0..100u16)
+            .map(|seq| {
+                tone.fill(&mut pcm);
+                let mut p = Vec::new();
+                enc.encode(&pcm, &mut p).unwrap();
+                (seq, u32::from(seq) * 160, p)
+            })
+            .collect();
+        let (left, leg) = record(Codec::Pcmu, 0, 8000, &packets, &[50]);
+        assert_eq!(leg.lost, 1, "{leg:?}");
+        assert!(left[50 * 160..51 * 160].iter().all(|&s| s == 0));
+        assert!(left[49 * 160..50 * 160].iter().any(|&s| s != 0));
     }
 }
