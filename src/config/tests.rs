@@ -321,7 +321,10 @@ fn bad_cases() -> Vec<BadCase> {
         ),
         (
             "reorder window too long",
-            edit("header_update = \"5s\"", "header_update = \"5s\"\nreorder_window = \"5s\""),
+            edit(
+                "header_update = \"5s\"",
+                "header_update = \"5s\"\nreorder_window = \"5s\"",
+            ),
             13,
             18,
             "recording.reorder_window",
