@@ -1,5 +1,6 @@
-//! Calls: the registry that owns every call's state and lifecycle, and the metadata record
-//! (sidecar) written for each call.
+//! Calls: the registry that owns every call's state and lifecycle, the metadata record
+//! (sidecar) written for each call, and the reading of a call's SDP they and the importer share.
 
+pub(crate) mod media_state;
 pub mod metadata;
 pub mod registry;

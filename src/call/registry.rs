@@ -11,16 +11,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use crate::call::media_state::{event_record, holds, idx, party_name, AudioState, HoldChange};
 use crate::call::metadata::{
-    day_dir, format_time, CallEventRecord, CallRecord, Decision, Direction, EndReason, RecordState,
-    WavInfo,
+    day_dir, format_time, CallRecord, Decision, Direction, EndReason, RecordState, WavInfo,
 };
 use crate::codec::Codec;
 use crate::media::ports::{PortError, PortPool};
 use crate::media::relay::{self, RelayControl, RelayEvent, RelayHandle};
 use crate::media::tap::{Tap, TapDrops};
-use crate::record::recorder::{Aux, AuxMap, CodecMap, Command, Recorder, StartRecording};
-use crate::sdp::{Direction as MediaDirection, MediaView, Sdp};
+use crate::record::recorder::{Command, Recorder, StartRecording};
+use crate::sdp::{MediaView, Sdp};
 use crate::sip::proxy::{CallEvent, CallEventKind, InviteInfo, MediaAnchor, Party};
 
 /// What the registry needs from the configuration.
@@ -57,81 +57,6 @@ struct Stream {
     refused: [bool; 2],
 }
 
-/// A change of the call's hold state, with the party it is put down to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HoldChange {
-    Hold(Party),
-    Resume(Party),
-}
-
-/// Whether the call is on hold, from the latest SDP of each party for the recorded (audio)
-/// stream. Deliberately simple: the call is on hold while the latest SDP of *either* party is
-/// not `sendrecv` (`sendonly`, `recvonly` or `inactive`, RFC 3264 §8.4) or names the
-/// connection address `0.0.0.0` (the old RFC 2543 style). A `recvonly` offer (a party muting
-/// itself) therefore counts as a hold too.
-///
-/// Attribution: a hold is put down to the party whose SDP started it (normally the offerer of
-/// the holding re-INVITE; the complementary answer changes nothing). A resume is put down to
-/// the first party whose SDP stopped holding while the other's still did (normally the offerer
-/// of the resuming re-INVITE, even though the hold only ends with the answer), unless the
-/// other party then holds anew in its own SDP.
-#[derive(Debug, Default, Clone, Copy)]
-struct HoldState {
-    /// [caller, callee]: that party's latest SDP holds the media.
-    held: [bool; 2],
-    /// While on hold: who started it.
-    by: Option<Party>,
-    /// While on hold: the first party whose SDP stopped holding.
-    resuming: Option<Party>,
-}
-
-impl HoldState {
-    fn on_hold(&self) -> bool {
-        self.held[0] || self.held[1]
-    }
-
-    /// Takes `party`'s latest SDP into account; returns the change of the call's state, if any.
-    fn update(&mut self, party: Party, holds: bool) -> Option<HoldChange> {
-        let was = self.on_hold();
-        let before = std::mem::replace(&mut self.held[idx(party)], holds);
-        match (was, self.on_hold()) {
-            (false, true) => {
-                self.by = Some(party);
-                self.resuming = None;
-                Some(HoldChange::Hold(party))
-            }
-            (true, false) => {
-                self.by = None;
-                Some(HoldChange::Resume(self.resuming.take().unwrap_or(party)))
-            }
-            (true, true) => {
-                if before && !holds {
-                    self.resuming.get_or_insert(party);
-                } else if holds && self.resuming.is_some_and(|r| r != party) {
-                    // The other party answered the resume with a hold of its own.
-                    self.resuming = None;
-                    self.by = Some(party);
-                }
-                None
-            }
-            (false, false) => None,
-        }
-    }
-}
-
-/// Whether one party's SDP for a stream holds its media (see [`HoldState`]).
-fn holds(view: &MediaView) -> bool {
-    view.direction != MediaDirection::SendRecv
-        || view.connection.is_some_and(|ip| ip.is_unspecified())
-}
-
-fn party_name(party: Party) -> &'static str {
-    match party {
-        Party::Caller => "caller",
-        Party::Callee => "callee",
-    }
-}
-
 struct Recording {
     slot: u64,
     drops: Arc<TapDrops>,
@@ -142,110 +67,42 @@ struct Call {
     record: CallRecord,
     /// Relays by m= line index.
     streams: Vec<Option<Stream>>,
-    /// Index of the stream that is recorded (the first audio stream).
-    audio: Option<usize>,
-    /// Codecs each party offered/answered for the audio stream: [caller, callee].
-    codecs: [CodecMap; 2],
-    /// Telephone-event and comfort-noise payload types of each party's SDP: [caller, callee].
-    aux: [AuxMap; 2],
-    /// The party whose SDP is an offer still waiting for its answer (RFC 3264): the other
-    /// party's next SDP answers it.
-    pending_offer: Option<Party>,
-    /// Encodings named in the audio stream that we cannot decode.
-    unknown_codecs: Vec<String>,
-    encrypted: bool,
-    /// Why media could not be anchored, if it could not.
-    media_error: Option<String>,
+    /// The recorded (audio) stream as the parties' SDP describe it.
+    audio: AudioState,
     invite_at: Option<Instant>,
     answered_at: Option<Instant>,
     recording: Option<Recording>,
-    /// Hold state of the audio stream.
-    hold: HoldState,
     /// The session timer ran out while media was anchored: a media timeout now ends the call
     /// as `session_expired`.
     session_expired: bool,
-    /// Which audio codec the parties' latest SDP agree on.
-    codec: CodecState,
-}
-
-/// The audio codec the parties' latest SDP negotiated, for `codec_change` events. Deliberately
-/// simple, like [`HoldState`]: the negotiated codec is the first codec of the latest SDP that
-/// the other party's latest SDP also names (RFC 3264 §6.1: the answerer lists what it will
-/// use first, and the offerer sends with what the answer names). While an offer names nothing
-/// the other party's SDP has, nothing changes until the answer.
-///
-/// Attribution: a change is put down to the first party whose SDP put another codec first
-/// (normally the offerer of the re-INVITE), else to the party whose SDP completed it.
-#[derive(Debug, Default, Clone)]
-struct CodecState {
-    /// [caller, callee]: the decodable codecs of that party's latest SDP, in its order.
-    sdp: [Vec<Codec>; 2],
-    negotiated: Option<Codec>,
-    /// While a change is being negotiated: who proposed it.
-    proposer: Option<Party>,
-}
-
-impl CodecState {
-    /// Takes `party`'s latest SDP codecs into account; returns the new codec and who changed
-    /// it when the negotiated codec changed from one codec to another (not the first time).
-    fn update(&mut self, party: Party, codecs: Vec<Codec>) -> Option<(Codec, Party)> {
-        let first = codecs.first().copied();
-        self.sdp[idx(party)] = codecs;
-        if first == self.negotiated {
-            // This party is content with the codec in use: nothing pending from it.
-            self.proposer = None;
-        } else if self.proposer.is_none() {
-            self.proposer = Some(party);
-        }
-        let other = &self.sdp[idx(party.other())];
-        let common = self.sdp[idx(party)]
-            .iter()
-            .find(|c| other.contains(c))
-            .copied();
-        let new = common.filter(|&c| Some(c) != self.negotiated)?;
-        let previous = self.negotiated.replace(new);
-        let by = self.proposer.take().unwrap_or(party);
-        previous.map(|_| (new, by))
-    }
-}
-
-/// A party's new codec map with the payload types of its previous one that the new one does
-/// not name appended: packets sent with the old codec while the change crosses the proxy (and
-/// the codec maps reach the recorder) still decode. A payload type the new map names takes its
-/// new meaning.
-fn with_previous(new: CodecMap, previous: &CodecMap) -> CodecMap {
-    let mut map = new;
-    for &(pt, codec) in previous {
-        if !map.iter().any(|&(p, _)| p == pt) {
-            map.push((pt, codec));
-        }
-    }
-    map
 }
 
 impl Call {
+    /// Notes a mid-call event when the call is being recorded, with its offset into the
+    /// recording (which starts at answer in this version).
+    fn note_event(&mut self, at: Instant, kind: &str, by: Option<Party>, codec: Option<Codec>) {
+        let (Some(answered), Some(_)) = (self.answered_at, &self.recording) else {
+            return;
+        };
+        let at_ms = at.saturating_duration_since(answered).as_millis() as u64;
+        self.record
+            .events
+            .push(event_record(at_ms, kind, by, codec));
+    }
+
     /// An accepted transfer (REFER 2xx, or an INVITE with Replaces taking the call over) is
     /// noted as a `transfer` event; the recording goes on (stopping it is per-service policy).
     fn note_transfer(&mut self, by: Option<Party>, at: Instant) {
         tracing::info!(call_id = %self.call_id, recording_id = %self.record.recording_id, "call transferred");
-        if let (Some(answered), Some(_)) = (self.answered_at, &self.recording) {
-            self.record.events.push(CallEventRecord {
-                at_ms: at.saturating_duration_since(answered).as_millis() as u64,
-                kind: "transfer".into(),
-                by: by.map(|p| party_name(p).to_string()),
-                codec: None,
-                digit: None,
-                duration_ms: None,
-            });
-        }
+        self.note_event(at, "transfer", by, None);
     }
 
     /// Applies a hold change: a held call's relays stop timing out (it may carry no RTP for
     /// minutes) and a recorded call notes the event with its offset into the recording.
     fn hold_changed(&mut self, change: HoldChange, at: Instant) {
-        let Some(answered) = self.answered_at else {
+        if self.answered_at.is_none() {
             return;
-        };
+        }
         let (kind, by, ctl) = match change {
             HoldChange::Hold(by) => ("hold", by, RelayControl::Disarm),
             HoldChange::Resume(by) => ("resume", by, RelayControl::Arm),
@@ -254,33 +111,13 @@ impl Call {
             stream.relay.control(ctl.clone());
         }
         tracing::info!(call_id = %self.call_id, recording_id = %self.record.recording_id, by = party_name(by), "call {kind}");
-        if self.recording.is_some() {
-            // The recording starts at answer in this version.
-            self.record.events.push(CallEventRecord {
-                at_ms: at.saturating_duration_since(answered).as_millis() as u64,
-                kind: kind.to_string(),
-                by: Some(party_name(by).to_string()),
-                codec: None,
-                digit: None,
-                duration_ms: None,
-            });
-        }
+        self.note_event(at, kind, Some(by), None);
     }
 
     /// Notes a change of the negotiated audio codec in a recorded call.
     fn codec_changed(&mut self, codec: Codec, by: Party, at: Instant) {
         tracing::info!(call_id = %self.call_id, recording_id = %self.record.recording_id, by = party_name(by), codec = codec.name(), "codec changed");
-        let (Some(answered), Some(_)) = (self.answered_at, self.recording.as_ref()) else {
-            return;
-        };
-        self.record.events.push(CallEventRecord {
-            at_ms: at.saturating_duration_since(answered).as_millis() as u64,
-            kind: "codec_change".to_string(),
-            by: Some(party_name(by).to_string()),
-            codec: Some(codec.name().to_string()),
-            digit: None,
-            duration_ms: None,
-        });
+        self.note_event(at, "codec_change", Some(by), Some(codec));
     }
 }
 
@@ -292,13 +129,6 @@ pub struct CallRegistry {
     relay_events: mpsc::UnboundedSender<RelayEvent>,
     calls: HashMap<String, Call>,
     next_slot: u64,
-}
-
-fn idx(party: Party) -> usize {
-    match party {
-        Party::Caller => 0,
-        Party::Callee => 1,
-    }
 }
 
 impl CallRegistry {
@@ -388,8 +218,7 @@ impl CallRegistry {
     fn offer_accepted(&mut self, call_id: &str, by: Party, at: Instant) {
         let before = self.events_of(call_id);
         if let Some(call) = self.calls.get_mut(call_id) {
-            let offer_holds = call.hold.held[idx(by.other())];
-            if let Some(change) = call.hold.update(by, offer_holds) {
+            if let Some(change) = call.audio.hold.offer_accepted(by) {
                 call.hold_changed(change, at);
             }
         }
@@ -416,16 +245,7 @@ impl CallRegistry {
             for stream in call.streams.iter().flatten() {
                 stream.relay.control(RelayControl::Arm);
             }
-            if let (Some(answered), Some(_)) = (call.answered_at, &call.recording) {
-                call.record.events.push(CallEventRecord {
-                    at_ms: at.saturating_duration_since(answered).as_millis() as u64,
-                    kind: "session_expired".into(),
-                    by: None,
-                    codec: None,
-                    digit: None,
-                    duration_ms: None,
-                });
-            }
+            call.note_event(at, "session_expired", None, None);
         }
         self.persist_if_new_events(&call_id, before);
         None
@@ -437,7 +257,7 @@ impl CallRegistry {
         match event {
             RelayEvent::Timeout { call_id, stream } => {
                 let call = self.calls.get_mut(&*call_id)?;
-                if call.audio.is_some_and(|a| a != stream) {
+                if call.audio.index.is_some_and(|a| a != stream) {
                     // An idle secondary stream (video the agent's phone does not send, say)
                     // only gives back its ports; the call's media is its audio.
                     if let Some(slot) = call.streams.get_mut(stream) {
@@ -485,17 +305,10 @@ impl CallRegistry {
         } else {
             Direction::Inbound
         });
-        // The network-asserted identity beats the From header (RFC 3325 §9.1).
-        let caller = info
-            .asserted_user
-            .clone()
-            .or_else(|| info.from_user.clone());
+        let caller = caller_number(info);
         rec.caller_number_raw = caller.clone();
         rec.caller_number = caller;
-        rec.called_number = info
-            .request_uri_user
-            .clone()
-            .or_else(|| info.to_user.clone());
+        rec.called_number = called_number(info);
         tracing::info!(%call_id, recording_id = %rec.recording_id, caller = ?rec.caller_number, called = ?rec.called_number, "call offered");
     }
 
@@ -512,14 +325,14 @@ impl CallRegistry {
         if call.answered_at.is_some() {
             return;
         }
-        let rate = if wideband_possible(call) {
+        let rate = if call.audio.wideband_possible() {
             wideband
         } else {
             narrowband
         };
         call.answered_at = Some(at);
         call.record.times.answer = Some(format_time(wall));
-        let held = call.hold.on_hold();
+        let held = call.audio.hold.on_hold();
         for stream in call.streams.iter().flatten() {
             stream.relay.control(if held {
                 RelayControl::Disarm
@@ -527,7 +340,7 @@ impl CallRegistry {
                 RelayControl::Arm
             });
         }
-        if let Some(reason) = unrecordable(call) {
+        if let Some(reason) = call.audio.unrecordable() {
             tracing::warn!(%call_id, recording_id = %call.record.recording_id, %reason, "call is not recorded");
             call.record.state = RecordState::NotRecorded;
             call.record.service.decision = Decision::Failed;
@@ -544,6 +357,7 @@ impl CallRegistry {
         }
         let Some(stream) = call
             .audio
+            .index
             .and_then(|i| call.streams.get(i))
             .and_then(|s| s.as_ref())
         else {
@@ -570,8 +384,8 @@ impl CallRegistry {
             wav_path,
             sidecar_path,
             start: at,
-            codecs: decode_maps(&call.codecs),
-            aux: decode_aux_maps(&call.aux),
+            codecs: call.audio.decode_maps(),
+            aux: call.audio.decode_aux_maps(),
             rate,
             record: call.record.clone(),
         })));
@@ -583,7 +397,7 @@ impl CallRegistry {
         call.recording = Some(Recording { slot, drops });
         tracing::info!(%call_id, recording_id = %call.record.recording_id, "recording started");
         // Answered straight into a hold (the answer or a late offer said so): noted at 0.
-        if let Some(by) = call.hold.by.filter(|_| held) {
+        if let Some(by) = call.audio.hold.by.filter(|_| held) {
             call.hold_changed(HoldChange::Hold(by), at);
         }
     }
@@ -672,8 +486,7 @@ impl CallRegistry {
         let recorder = &self.recorder;
         let call = call_entry(&mut self.calls, call_id);
         // Offer or answer: the other party's pending offer makes this its answer.
-        let answer = call.pending_offer == Some(party.other());
-        call.pending_offer = if answer { None } else { Some(party) };
+        let answer = call.audio.offer_answer(party);
         // A stream refused or removed (port 0, RFC 3264 §6) gives back its relay and ports with
         // the answer that says so: an offer to remove it only takes effect with the answer, and
         // an offer refused (a 488 to the re-INVITE) changes nothing (RFC 3261 §14.1).
@@ -687,8 +500,8 @@ impl CallRegistry {
             stream.refused[idx(party)] = true;
             if answer || stream.refused[idx(party.other())] {
                 *slot = None;
-                if call.audio == Some(view.index) {
-                    call.audio = None;
+                if call.audio.index == Some(view.index) {
+                    call.audio.index = None;
                 }
             }
         }
@@ -723,7 +536,7 @@ impl CallRegistry {
                     events.clone(),
                 ) {
                     Ok(relay) => {
-                        if call.answered_at.is_some() && !call.hold.on_hold() {
+                        if call.answered_at.is_some() && !call.audio.hold.on_hold() {
                             relay.control(RelayControl::Arm);
                         }
                         call.streams[view.index] = Some(Stream {
@@ -744,10 +557,9 @@ impl CallRegistry {
             let Some(stream) = call.streams[view.index].as_ref() else {
                 continue;
             };
-            let is_audio = view.kind.eq_ignore_ascii_case("audio")
-                && call.audio.is_none_or(|a| a == view.index);
+            let is_audio = call.audio.is_audio(view);
             if is_audio {
-                hold_change = call.hold.update(party, holds(view)).or(hold_change);
+                hold_change = call.audio.hold.update(party, holds(view)).or(hold_change);
             }
             // An unspecified address (RFC 3264 §8.4 old-style hold) is passed on as it is.
             let Some(ip) = view.connection.filter(|ip| !ip.is_unspecified()) else {
@@ -767,19 +579,12 @@ impl CallRegistry {
                 tracing::warn!(%call_id, error = %e, "cannot rewrite SDP stream");
             }
             if is_audio {
-                call.audio = Some(view.index);
-                call.encrypted |= view.encrypted;
-                let (map, aux, unknown) = codec_map(view);
-                call.aux[idx(party)] = aux;
-                let codecs = map.iter().map(|&(_, c)| c).collect();
-                codec_change = call.codec.update(party, codecs).or(codec_change);
-                call.codecs[idx(party)] = with_previous(map, &call.codecs[idx(party)]);
-                call.unknown_codecs = unknown;
+                codec_change = call.audio.take_codecs(party, view).or(codec_change);
                 if let Some(rec) = &call.recording {
                     recorder.send(Command::Codecs {
                         slot: rec.slot,
-                        codecs: decode_maps(&call.codecs),
-                        aux: decode_aux_maps(&call.aux),
+                        codecs: call.audio.decode_maps(),
+                        aux: call.audio.decode_aux_maps(),
                     });
                 }
             }
@@ -806,7 +611,7 @@ impl MediaAnchor for CallRegistry {
             Ok(sdp) => sdp,
             Err(e) => {
                 tracing::warn!(%call_id, ?party, error = %e, "SDP does not parse; media is not anchored");
-                self.call_mut(call_id).media_error = Some(format!("SDP does not parse: {e}"));
+                self.call_mut(call_id).audio.error = Some(format!("SDP does not parse: {e}"));
                 return None;
             }
         };
@@ -823,12 +628,27 @@ impl MediaAnchor for CallRegistry {
                 tracing::error!(%call_id, error = %e, "media not anchored");
                 let call = self.call_mut(call_id);
                 if call.streams.iter().all(Option::is_none) {
-                    call.media_error = Some(format!("media not anchored: {e}"));
+                    call.audio.error = Some(format!("media not anchored: {e}"));
                 }
                 None
             }
         }
     }
+}
+
+/// The caller's number of an INVITE: the network-asserted identity beats the From header
+/// (RFC 3325 §9.1).
+pub(crate) fn caller_number(info: &InviteInfo) -> Option<String> {
+    info.asserted_user
+        .clone()
+        .or_else(|| info.from_user.clone())
+}
+
+/// The called number of an INVITE: the Request-URI's user, else the To header's.
+pub(crate) fn called_number(info: &InviteInfo) -> Option<String> {
+    info.request_uri_user
+        .clone()
+        .or_else(|| info.to_user.clone())
 }
 
 /// Where the sidecar of a call without a recording goes: the day of its INVITE.
@@ -840,109 +660,6 @@ fn not_recorded_path(dir: &std::path::Path, call: &Call) -> PathBuf {
     day_dir(dir, started).join(format!("{}.json", call.record.recording_id))
 }
 
-/// Why an answered call cannot be recorded, if it cannot.
-fn unrecordable(call: &Call) -> Option<String> {
-    if let Some(e) = &call.media_error {
-        return Some(e.clone());
-    }
-    if call.audio.is_none() {
-        return Some("no audio stream was anchored".into());
-    }
-    if call.encrypted {
-        return Some("encrypted media (SRTP) is relayed but not recorded".into());
-    }
-    if call.codecs.iter().all(|m| m.is_empty()) {
-        return Some(format!(
-            "codec {} not supported",
-            call.unknown_codecs.join(", ")
-        ));
-    }
-    None
-}
-
-/// The maps the recorder decodes each party's packets with: [caller's packets, callee's]. A
-/// sender uses the payload type numbers of the receiver's SDP (RFC 3264 §5.1), so the other
-/// party's map comes first, the sender's own as fallback.
-///
-/// Static payload types (RFC 3551 §6) that neither SDP names come last with their fixed
-/// meaning: a party that starts sending a newly negotiated codec as soon as it sends or gets
-/// the answer (RFC 3264 §8.3.2) can have packets reach the recorder before the new maps do.
-fn decode_maps(sdp_maps: &[CodecMap; 2]) -> [CodecMap; 2] {
-    let statics: CodecMap = (0u8..96)
-        .filter_map(|pt| Codec::from_static_pt(pt).map(|c| (pt, c)))
-        .collect();
-    let merge = |first: &CodecMap, second: &CodecMap| {
-        let mut map = first.clone();
-        for entry in second.iter().chain(&statics) {
-            if !map.iter().any(|(pt, _)| *pt == entry.0) {
-                map.push(*entry);
-            }
-        }
-        map
-    };
-    [
-        merge(&sdp_maps[1], &sdp_maps[0]),
-        merge(&sdp_maps[0], &sdp_maps[1]),
-    ]
-}
-
-/// Whether both parties' SDP name a common wideband codec, so the call may be wideband at
-/// some point: then it is recorded at the wideband rate from the start.
-fn wideband_possible(call: &Call) -> bool {
-    call.codecs[0]
-        .iter()
-        .any(|(_, c)| c.is_wideband() && call.codecs[1].iter().any(|(_, d)| d == c))
-}
-
-/// Like [`decode_maps`] for the payload types that carry no audio; static PT 13 is comfort
-/// noise (RFC 3551) wherever no SDP names it otherwise.
-fn decode_aux_maps(sdp_maps: &[AuxMap; 2]) -> [AuxMap; 2] {
-    let merge = |first: &AuxMap, second: &AuxMap| {
-        let mut map = first.clone();
-        for entry in second.iter().chain(&[(13, Aux::ComfortNoise)]) {
-            if !map.iter().any(|(pt, _)| *pt == entry.0) {
-                map.push(*entry);
-            }
-        }
-        map
-    };
-    [
-        merge(&sdp_maps[1], &sdp_maps[0]),
-        merge(&sdp_maps[0], &sdp_maps[1]),
-    ]
-}
-
-/// Decodable payload types of an audio stream, its telephone-event and comfort-noise payload
-/// types, and the names of those we cannot decode.
-fn codec_map(view: &MediaView) -> (CodecMap, AuxMap, Vec<String>) {
-    let mut map = Vec::new();
-    let mut aux = Vec::new();
-    let mut unknown = Vec::new();
-    for &pt in &view.payload_types {
-        let named = view.rtpmaps.iter().find(|m| m.payload_type == pt);
-        let codec = match named {
-            Some(m) => Codec::from_rtpmap(&m.encoding, m.clock_rate),
-            None => Codec::from_static_pt(pt),
-        };
-        match (codec, named) {
-            (Some(c), _) => map.push((pt, c)),
-            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("telephone-event") => aux.push((
-                pt,
-                Aux::TelephoneEvent {
-                    clock_rate: m.clock_rate,
-                },
-            )),
-            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("CN") => {
-                aux.push((pt, Aux::ComfortNoise))
-            }
-            (None, Some(m)) => unknown.push(m.encoding.clone()),
-            (None, None) if pt == 13 => aux.push((pt, Aux::ComfortNoise)),
-            (None, None) => unknown.push(format!("PT {pt}")),
-        }
-    }
-    (map, aux, unknown)
-}
-
 /// The call of `call_id`, created on first sight (the first SDP of a call arrives just before
 /// the proxy core reports its INVITE).
 fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mut Call {
@@ -950,25 +667,18 @@ fn call_entry<'a>(calls: &'a mut HashMap<String, Call>, call_id: &str) -> &'a mu
         call_id: Arc::from(call_id),
         record: CallRecord::new(ulid::Ulid::new().to_string(), call_id.to_string()),
         streams: Vec::new(),
-        audio: None,
-        codecs: [Vec::new(), Vec::new()],
-        aux: [Vec::new(), Vec::new()],
-        pending_offer: None,
-        unknown_codecs: Vec::new(),
-        encrypted: false,
-        media_error: None,
+        audio: AudioState::default(),
         invite_at: None,
         answered_at: None,
         recording: None,
-        hold: HoldState::default(),
         session_expired: false,
-        codec: CodecState::default(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::metadata::CallEventRecord;
     use crate::record::recorder::RecorderConfig;
     use crate::record::timeline::TimelineConfig;
 
@@ -1058,33 +768,6 @@ mod tests {
         reg.on_event(event(CallEventKind::Bye { by: Party::Caller }));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!((reg.active_calls(), reg.ports_in_use()), (0, 0));
-    }
-
-    #[test]
-    fn hold_is_put_down_to_the_offerer_and_resume_to_the_resumer() {
-        use HoldChange::{Hold, Resume};
-        let mut h = HoldState::default();
-        // Caller holds (sendonly offer), callee answers recvonly: one hold, by the caller.
-        assert_eq!(h.update(Party::Caller, true), Some(Hold(Party::Caller)));
-        assert_eq!(h.update(Party::Callee, true), None);
-        // A retransmitted answer changes nothing.
-        assert_eq!(h.update(Party::Callee, true), None);
-        // Caller resumes (sendrecv offer): the hold ends with the sendrecv answer, by the caller.
-        assert_eq!(h.update(Party::Caller, false), None);
-        assert!(h.on_hold());
-        assert_eq!(h.update(Party::Callee, false), Some(Resume(Party::Caller)));
-        assert!(!h.on_hold());
-        // The callee holds with an old-style c=0.0.0.0 offer the caller answers sendrecv.
-        assert_eq!(h.update(Party::Callee, true), Some(Hold(Party::Callee)));
-        assert_eq!(h.update(Party::Caller, false), None);
-        assert_eq!(h.update(Party::Callee, false), Some(Resume(Party::Callee)));
-        // A resume offer answered with a hold of the answerer's own: the answerer resumes later.
-        assert_eq!(h.update(Party::Caller, true), Some(Hold(Party::Caller)));
-        assert_eq!(h.update(Party::Callee, true), None);
-        assert_eq!(h.update(Party::Caller, false), None);
-        assert_eq!(h.update(Party::Callee, true), None);
-        assert_eq!(h.by, Some(Party::Callee));
-        assert_eq!(h.update(Party::Callee, false), Some(Resume(Party::Callee)));
     }
 
     fn sdp_body(port: u16, addr: &str, direction: &str, version: u32) -> Vec<u8> {
@@ -1242,80 +925,6 @@ mod tests {
         assert!(
             matches!(ended, Ok(Some(RelayEvent::Timeout { .. }))),
             "{ended:?}"
-        );
-    }
-
-    #[test]
-    fn codec_change_is_noted_when_the_answer_agrees_and_put_down_to_the_offerer() {
-        use Codec::{Pcma, Pcmu};
-        let mut c = CodecState::default();
-        // Initial offer/answer: the first negotiation is no change.
-        assert_eq!(c.update(Party::Caller, vec![Pcmu, Pcma]), None);
-        assert_eq!(c.update(Party::Callee, vec![Pcmu]), None);
-        assert_eq!(c.negotiated, Some(Pcmu));
-        // A hold re-INVITE with the same codec changes nothing.
-        assert_eq!(c.update(Party::Caller, vec![Pcmu]), None);
-        assert_eq!(c.update(Party::Callee, vec![Pcmu]), None);
-        // The caller offers only PCMA: nothing until the callee answers PCMA.
-        assert_eq!(c.update(Party::Caller, vec![Pcma]), None);
-        assert_eq!(c.negotiated, Some(Pcmu));
-        assert_eq!(
-            c.update(Party::Callee, vec![Pcma]),
-            Some((Pcma, Party::Caller))
-        );
-        // An offer of both, answered with the codec in use: no change, nothing pending.
-        assert_eq!(c.update(Party::Callee, vec![Pcmu, Pcma]), None);
-        assert_eq!(c.update(Party::Caller, vec![Pcma]), None);
-        assert_eq!(c.proposer, None);
-        // The callee switches back.
-        assert_eq!(c.update(Party::Callee, vec![Pcmu]), None);
-        assert_eq!(
-            c.update(Party::Caller, vec![Pcmu]),
-            Some((Pcmu, Party::Callee))
-        );
-    }
-
-    #[test]
-    fn previous_payload_types_stay_decodable_after_a_change() {
-        let old = vec![(0, Codec::Pcmu), (8, Codec::Pcma)];
-        assert_eq!(
-            with_previous(vec![(8, Codec::Pcma)], &old),
-            vec![(8, Codec::Pcma), (0, Codec::Pcmu)]
-        );
-        // A reused number takes its new meaning.
-        assert_eq!(
-            with_previous(vec![(0, Codec::Pcma)], &old),
-            vec![(0, Codec::Pcma), (8, Codec::Pcma)]
-        );
-    }
-
-    #[test]
-    fn packets_are_decoded_with_the_receivers_payload_numbers_first() {
-        // The caller offered PCMA as 96 (dynamic), the callee answered PCMA as 97: the caller
-        // sends 97, the callee sends 96 (RFC 3264 §5.1).
-        let caller_sdp = vec![(96, Codec::Pcma), (0, Codec::Pcmu)];
-        let callee_sdp = vec![(97, Codec::Pcma), (0, Codec::Pcmu)];
-        let [from_caller, from_callee] = decode_maps(&[caller_sdp, callee_sdp]);
-        // Static payload types neither SDP names decode by their fixed meaning, last.
-        assert_eq!(
-            from_caller,
-            vec![
-                (97, Codec::Pcma),
-                (0, Codec::Pcmu),
-                (96, Codec::Pcma),
-                (8, Codec::Pcma),
-                (9, Codec::G722)
-            ]
-        );
-        assert_eq!(
-            from_callee,
-            vec![
-                (96, Codec::Pcma),
-                (0, Codec::Pcmu),
-                (97, Codec::Pcma),
-                (8, Codec::Pcma),
-                (9, Codec::G722)
-            ]
         );
     }
 

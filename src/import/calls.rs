@@ -5,8 +5,8 @@
 //!
 //! The rules are the live daemon's: the proxy core's (who sent a message, which response ends the
 //! call) and the registry's (numbers, times, end reasons, offer/answer, hold and codec events, why
-//! a call cannot be recorded). The registry keeps its helpers private, so the small ones are
-//! replicated here, marked "as the registry"; a change there must be made here too.
+//! a call cannot be recorded): the INVITE is read with the proxy core's [`invite_info`], and the
+//! audio stream's SDP with the `AudioState` the registry keeps for every call.
 //!
 //! Media is matched by destination: each party's SDP names the address it receives RTP on, so a
 //! packet sent to the callee's address came from the caller and vice versa (source ports may be
@@ -21,17 +21,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::call::media_state::{event_record, holds, idx, AudioState, HoldChange};
 use crate::call::metadata::{
     format_time, CallEventRecord, CallRecord, Decision, Direction, EndReason, RecordState,
 };
+use crate::call::registry::{called_number, caller_number};
 use crate::codec::Codec;
 use crate::config::Transport;
 use crate::import::capture::Captured;
 use crate::media::rtp;
-use crate::record::recorder::{Aux, AuxMap, CodecMap};
-use crate::sdp::{Direction as MediaDirection, MediaView, Sdp};
-use crate::sip::msg::{parse_name_addr, parse_uri, Message};
-use crate::sip::proxy::Party;
+use crate::record::recorder::{AuxMap, CodecMap};
+use crate::sdp::{MediaView, Sdp};
+use crate::sip::msg::Message;
+use crate::sip::proxy::{invite_info, Party};
 
 /// WAV rate of narrowband calls, as the daemon's `SAMPLE_RATE`.
 pub const NARROWBAND_RATE: u32 = 8000;
@@ -268,36 +270,14 @@ struct Call {
     recording: Option<RecordingPlan>,
 }
 
-/// The audio stream as the registry tracks it.
+/// The audio stream: as the registry tracks it, and where each party receives it.
 #[derive(Default)]
 struct Media {
-    audio: Option<usize>,
+    audio: AudioState,
     /// [caller, callee]: that party's latest SDP refused the audio stream (port 0).
     refused: [bool; 2],
     /// [caller, callee]: every address the party's SDP named for receiving the audio stream.
     addresses: [Vec<SocketAddr>; 2],
-    codecs: [CodecMap; 2],
-    aux: [AuxMap; 2],
-    pending_offer: Option<Party>,
-    unknown_codecs: Vec<String>,
-    encrypted: bool,
-    error: Option<String>,
-    hold: HoldState,
-    codec: CodecState,
-}
-
-fn idx(party: Party) -> usize {
-    match party {
-        Party::Caller => 0,
-        Party::Callee => 1,
-    }
-}
-
-fn party_name(party: Party) -> &'static str {
-    match party {
-        Party::Caller => "caller",
-        Party::Callee => "callee",
-    }
 }
 
 /// A deterministic ULID for a call: the INVITE's millisecond and 80 bits of a hash of what
@@ -318,19 +298,6 @@ fn recording_id(call_id: &str, caller_tag: &str, invite: SystemTime) -> String {
     ulid::Ulid::from_parts(ms, u128::from_be_bytes(random)).to_string()
 }
 
-/// User part of a URI, as the proxy core reads it.
-fn user_of(uri: &str) -> Option<String> {
-    parse_uri(uri).ok().and_then(|u| u.user)
-}
-
-/// User part of the first value of a name-addr header, as the proxy core reads it.
-fn header_user(msg: &Message, name: &str) -> Option<String> {
-    msg.values(name)
-        .first()
-        .and_then(|v| parse_name_addr(v).ok())
-        .and_then(|na| user_of(&na.uri))
-}
-
 fn sip_message(
     calls: &mut Vec<Call>,
     by_id: &mut HashMap<String, usize>,
@@ -349,12 +316,7 @@ fn sip_message(
         Some(&i) => i,
         None if initial_invite => {
             let caller_tag = msg.from_tag().unwrap_or_default().to_string();
-            let caller =
-                header_user(msg, "P-Asserted-Identity").or_else(|| header_user(msg, "From"));
-            let called = msg
-                .request_uri()
-                .and_then(user_of)
-                .or_else(|| header_user(msg, "To"));
+            let info = invite_info(msg, false, c.src);
             calls.push(Call {
                 recording_id: recording_id(call_id, &caller_tag, c.at),
                 call_id: call_id.to_string(),
@@ -363,8 +325,8 @@ fn sip_message(
                 callee_tag: None,
                 invite_cseq: cseq,
                 invite: c.at,
-                caller_number: caller,
-                called_number: called,
+                caller_number: caller_number(&info),
+                called_number: called_number(&info),
                 answer: None,
                 cancel: None,
                 end: None,
@@ -580,14 +542,8 @@ impl Call {
         let (Some(answer), Some(_)) = (self.answer, &self.recording) else {
             return;
         };
-        self.events.push(CallEventRecord {
-            at_ms: millis(at, answer),
-            kind: kind.to_string(),
-            by: by.map(|p| party_name(p).to_string()),
-            codec: codec.map(|c| c.name().to_string()),
-            digit: None,
-            duration_ms: None,
-        });
+        self.events
+            .push(event_record(millis(at, answer), kind, by, codec));
     }
 
     fn hold_changed(&mut self, change: HoldChange, at: SystemTime) {
@@ -600,8 +556,7 @@ impl Call {
     /// The ACK of a late offer came without an answer: its sender accepted the offer as it was
     /// (its hold state follows the offer's), as the registry's `offer_accepted`.
     fn offer_accepted(&mut self, by: Party, at: SystemTime) {
-        let offer_holds = self.media.hold.held[idx(by.other())];
-        if let Some(change) = self.media.hold.update(by, offer_holds) {
+        if let Some(change) = self.media.audio.hold.offer_accepted(by) {
             self.hold_changed(change, at);
         }
     }
@@ -609,24 +564,24 @@ impl Call {
     /// The answer: the recording starts, or the reason it cannot is noted.
     fn answered(&mut self, at: SystemTime) {
         self.answer = Some(at);
-        if let Some(reason) = self.media.unrecordable() {
+        if let Some(reason) = self.media.audio.unrecordable() {
             self.not_recorded_reason = Some(reason);
             self.failed = true;
             return;
         }
         self.recording = Some(RecordingPlan {
-            rate: if self.media.wideband_possible() {
+            rate: if self.media.audio.wideband_possible() {
                 WIDEBAND_RATE
             } else {
                 NARROWBAND_RATE
             },
-            codecs: decode_maps(&self.media.codecs),
-            aux: decode_aux_maps(&self.media.aux),
+            codecs: self.media.audio.decode_maps(),
+            aux: self.media.audio.decode_aux_maps(),
             steps: Vec::new(),
         });
         // Answered straight into a hold: noted at 0.
-        if self.media.hold.on_hold() {
-            if let Some(by) = self.media.hold.by {
+        if self.media.audio.hold.on_hold() {
+            if let Some(by) = self.media.audio.hold.by {
                 self.hold_changed(HoldChange::Hold(by), at);
             }
         }
@@ -649,19 +604,19 @@ impl Call {
         let sdp = match Sdp::parse(msg.body()) {
             Ok(sdp) => sdp,
             Err(e) => {
-                self.media.error = Some(format!("SDP does not parse: {e}"));
+                self.media.audio.error = Some(format!("SDP does not parse: {e}"));
                 return;
             }
         };
         let (hold_change, codec_change) = self.media.update(party, &sdp.media());
         if let Some(rec) = self.recording.as_mut() {
-            if self.media.wideband_possible() {
+            if self.media.audio.wideband_possible() {
                 rec.rate = WIDEBAND_RATE;
             }
             rec.steps.push(Step::Maps {
                 at,
-                codecs: decode_maps(&self.media.codecs),
-                aux: decode_aux_maps(&self.media.aux),
+                codecs: self.media.audio.decode_maps(),
+                aux: self.media.audio.decode_aux_maps(),
             });
         }
         if let Some(change) = hold_change {
@@ -789,33 +744,6 @@ fn match_media(
 }
 
 impl Media {
-    /// Why an answered call cannot be recorded, as the registry's `unrecordable`.
-    fn unrecordable(&self) -> Option<String> {
-        if let Some(e) = &self.error {
-            return Some(e.clone());
-        }
-        if self.audio.is_none() {
-            return Some("no audio stream was anchored".into());
-        }
-        if self.encrypted {
-            return Some("encrypted media (SRTP) is relayed but not recorded".into());
-        }
-        if self.codecs.iter().all(|m| m.is_empty()) {
-            return Some(format!(
-                "codec {} not supported",
-                self.unknown_codecs.join(", ")
-            ));
-        }
-        None
-    }
-
-    /// Whether both parties' SDP name a common wideband codec, as the registry's.
-    fn wideband_possible(&self) -> bool {
-        self.codecs[0]
-            .iter()
-            .any(|(_, c)| c.is_wideband() && self.codecs[1].iter().any(|(_, d)| d == c))
-    }
-
     /// Takes one SDP of `party` into account for the audio stream (the first audio `m=`
     /// line), as the registry's `anchor` does; returns the hold and codec changes.
     fn update(
@@ -823,26 +751,23 @@ impl Media {
         party: Party,
         views: &[MediaView],
     ) -> (Option<HoldChange>, Option<(Codec, Party)>) {
-        let answer = self.pending_offer == Some(party.other());
-        self.pending_offer = if answer { None } else { Some(party) };
+        let answer = self.audio.offer_answer(party);
         for view in views.iter().filter(|v| v.port == 0) {
-            if self.audio == Some(view.index) {
+            if self.audio.index == Some(view.index) {
                 self.refused[idx(party)] = true;
                 if answer || self.refused[idx(party.other())] {
-                    self.audio = None;
+                    self.audio.index = None;
                 }
             }
         }
         let mut hold_change = None;
         let mut codec_change = None;
         for view in views.iter().filter(|v| v.port != 0) {
-            let is_audio = view.kind.eq_ignore_ascii_case("audio")
-                && self.audio.is_none_or(|a| a == view.index);
-            if !is_audio {
+            if !self.audio.is_audio(view) {
                 continue;
             }
             self.refused[idx(party)] = false;
-            hold_change = self.hold.update(party, holds(view)).or(hold_change);
+            hold_change = self.audio.hold.update(party, holds(view)).or(hold_change);
             // An unspecified address (RFC 3264 §8.4 old-style hold) names no receiver.
             let Some(ip) = view.connection.filter(|ip| !ip.is_unspecified()) else {
                 continue;
@@ -851,189 +776,16 @@ impl Media {
             if !self.addresses[idx(party)].contains(&addr) {
                 self.addresses[idx(party)].push(addr);
             }
-            self.audio = Some(view.index);
-            self.encrypted |= view.encrypted;
-            let (map, aux, unknown) = codec_map(view);
-            self.aux[idx(party)] = aux;
-            let codecs = map.iter().map(|&(_, c)| c).collect();
-            codec_change = self.codec.update(party, codecs).or(codec_change);
-            self.codecs[idx(party)] = with_previous(map, &self.codecs[idx(party)]);
-            self.unknown_codecs = unknown;
+            codec_change = self.audio.take_codecs(party, view).or(codec_change);
         }
         (hold_change, codec_change)
     }
 }
 
-/// A change of the call's hold state, with the party it is put down to (as the registry's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HoldChange {
-    Hold(Party),
-    Resume(Party),
-}
-
-/// Hold state from each party's latest SDP for the audio stream; the registry's `HoldState`
-/// (see there for the rules: held while either party's SDP is not `sendrecv` or names
-/// `0.0.0.0`; a hold is put down to who started it, a resume to who resumed first).
-#[derive(Debug, Default, Clone, Copy)]
-struct HoldState {
-    held: [bool; 2],
-    by: Option<Party>,
-    resuming: Option<Party>,
-}
-
-impl HoldState {
-    fn on_hold(&self) -> bool {
-        self.held[0] || self.held[1]
-    }
-
-    fn update(&mut self, party: Party, holds: bool) -> Option<HoldChange> {
-        let was = self.on_hold();
-        let before = std::mem::replace(&mut self.held[idx(party)], holds);
-        match (was, self.on_hold()) {
-            (false, true) => {
-                self.by = Some(party);
-                self.resuming = None;
-                Some(HoldChange::Hold(party))
-            }
-            (true, false) => {
-                self.by = None;
-                Some(HoldChange::Resume(self.resuming.take().unwrap_or(party)))
-            }
-            (true, true) => {
-                if before && !holds {
-                    self.resuming.get_or_insert(party);
-                } else if holds && self.resuming.is_some_and(|r| r != party) {
-                    self.resuming = None;
-                    self.by = Some(party);
-                }
-                None
-            }
-            (false, false) => None,
-        }
-    }
-}
-
-/// Whether one party's SDP for a stream holds its media, as the registry's `holds`.
-fn holds(view: &MediaView) -> bool {
-    view.direction != MediaDirection::SendRecv
-        || view.connection.is_some_and(|ip| ip.is_unspecified())
-}
-
-/// The negotiated audio codec; the registry's `CodecState` (the first codec of the latest SDP
-/// that the other party's latest SDP also names; a change is put down to who proposed it).
-#[derive(Debug, Default, Clone)]
-struct CodecState {
-    sdp: [Vec<Codec>; 2],
-    negotiated: Option<Codec>,
-    proposer: Option<Party>,
-}
-
-impl CodecState {
-    fn update(&mut self, party: Party, codecs: Vec<Codec>) -> Option<(Codec, Party)> {
-        let first = codecs.first().copied();
-        self.sdp[idx(party)] = codecs;
-        if first == self.negotiated {
-            self.proposer = None;
-        } else if self.proposer.is_none() {
-            self.proposer = Some(party);
-        }
-        let other = &self.sdp[idx(party.other())];
-        let common = self.sdp[idx(party)]
-            .iter()
-            .find(|c| other.contains(c))
-            .copied();
-        let new = common.filter(|&c| Some(c) != self.negotiated)?;
-        let previous = self.negotiated.replace(new);
-        let by = self.proposer.take().unwrap_or(party);
-        previous.map(|_| (new, by))
-    }
-}
-
-/// A party's new codec map with the payload types of its previous one that the new one does
-/// not name appended, as the registry's `with_previous`.
-fn with_previous(new: CodecMap, previous: &CodecMap) -> CodecMap {
-    let mut map = new;
-    for &(pt, codec) in previous {
-        if !map.iter().any(|&(p, _)| p == pt) {
-            map.push((pt, codec));
-        }
-    }
-    map
-}
-
-/// The maps each party's packets are decoded with, as the registry's `decode_maps`: the
-/// receiver's SDP numbers first (RFC 3264 §5.1), the sender's own, then the static ones.
-fn decode_maps(sdp_maps: &[CodecMap; 2]) -> [CodecMap; 2] {
-    let statics: CodecMap = (0u8..96)
-        .filter_map(|pt| Codec::from_static_pt(pt).map(|c| (pt, c)))
-        .collect();
-    let merge = |first: &CodecMap, second: &CodecMap| {
-        let mut map = first.clone();
-        for entry in second.iter().chain(&statics) {
-            if !map.iter().any(|(pt, _)| *pt == entry.0) {
-                map.push(*entry);
-            }
-        }
-        map
-    };
-    [
-        merge(&sdp_maps[1], &sdp_maps[0]),
-        merge(&sdp_maps[0], &sdp_maps[1]),
-    ]
-}
-
-/// As [`decode_maps`] for telephone-event and comfort noise (static PT 13), as the registry's
-/// `decode_aux_maps`.
-fn decode_aux_maps(sdp_maps: &[AuxMap; 2]) -> [AuxMap; 2] {
-    let merge = |first: &AuxMap, second: &AuxMap| {
-        let mut map = first.clone();
-        for entry in second.iter().chain(&[(13, Aux::ComfortNoise)]) {
-            if !map.iter().any(|(pt, _)| *pt == entry.0) {
-                map.push(*entry);
-            }
-        }
-        map
-    };
-    [
-        merge(&sdp_maps[1], &sdp_maps[0]),
-        merge(&sdp_maps[0], &sdp_maps[1]),
-    ]
-}
-
-/// Decodable payload types of an audio stream, its telephone-event and comfort-noise payload
-/// types, and the names of those that cannot be decoded, as the registry's `codec_map`.
-fn codec_map(view: &MediaView) -> (CodecMap, AuxMap, Vec<String>) {
-    let mut map = Vec::new();
-    let mut aux = Vec::new();
-    let mut unknown = Vec::new();
-    for &pt in &view.payload_types {
-        let named = view.rtpmaps.iter().find(|m| m.payload_type == pt);
-        let codec = match named {
-            Some(m) => Codec::from_rtpmap(&m.encoding, m.clock_rate),
-            None => Codec::from_static_pt(pt),
-        };
-        match (codec, named) {
-            (Some(c), _) => map.push((pt, c)),
-            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("telephone-event") => aux.push((
-                pt,
-                Aux::TelephoneEvent {
-                    clock_rate: m.clock_rate,
-                },
-            )),
-            (None, Some(m)) if m.encoding.eq_ignore_ascii_case("CN") => {
-                aux.push((pt, Aux::ComfortNoise))
-            }
-            (None, Some(m)) => unknown.push(m.encoding.clone()),
-            (None, None) if pt == 13 => aux.push((pt, Aux::ComfortNoise)),
-            (None, None) => unknown.push(format!("PT {pt}")),
-        }
-    }
-    (map, aux, unknown)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::recorder::Aux;
     use std::time::Duration;
 
     const CALLER: &str = "10.0.0.1:5060";

@@ -133,6 +133,25 @@ pub struct InviteInfo {
     pub asserted_user: Option<String>,
 }
 
+/// The facts of the initial INVITE `msg`, which came from `source` (`from_pbx`: from the PBX).
+pub fn invite_info(msg: &Message, from_pbx: bool, source: SocketAddr) -> InviteInfo {
+    let user_of = |uri: &str| parse_uri(uri).ok().and_then(|u| u.user);
+    let header_user = |name: &str| {
+        msg.values(name)
+            .first()
+            .and_then(|v| parse_name_addr(v).ok())
+            .and_then(|na| user_of(&na.uri))
+    };
+    InviteInfo {
+        from_pbx,
+        source,
+        request_uri_user: msg.request_uri().and_then(user_of),
+        to_user: header_user("To"),
+        from_user: header_user("From"),
+        asserted_user: header_user("P-Asserted-Identity"),
+    }
+}
+
 /// What happened to a call, as the registry needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEventKind {
@@ -890,21 +909,7 @@ impl Proxy {
         req: &Message,
         call_id: &str,
     ) {
-        let user_of = |uri: &str| parse_uri(uri).ok().and_then(|u| u.user);
-        let header_user = |name: &str| {
-            req.values(name)
-                .first()
-                .and_then(|v| parse_name_addr(v).ok())
-                .and_then(|na| user_of(&na.uri))
-        };
-        let info = InviteInfo {
-            from_pbx,
-            source: from.addr,
-            request_uri_user: req.request_uri().and_then(user_of),
-            to_user: header_user("To"),
-            from_user: header_user("From"),
-            asserted_user: header_user("P-Asserted-Identity"),
-        };
+        let info = invite_info(req, from_pbx, from.addr);
         self.emit(now, call_id, CallEventKind::Invite(info));
     }
 
