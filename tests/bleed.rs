@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recproxy::demo::tone::{rms, Tone};
-use support::raw::{media_addr, pcmu_packet, play, recv_sip, rtcp_rr, sdp};
+use support::raw::{media_addr, pcmu_packet, play, recv_sip, respond, rtcp_rr, sdp};
 use support::{dominance, write_config, Daemon, Wav};
 
 /// The sprayed test's media ports, and the NAT test's.
@@ -104,20 +104,14 @@ Contact: <sip:0401234567@{me}>\r\nContent-Type: application/sdp\r\nContent-Lengt
         let inv = recv_sip(&pbx, |m| m.method() == Some("INVITE"));
         let to_pbx_side = media_addr(inv.body());
         let pbx_addr = pbx.local_addr().unwrap();
-        let mut ok = String::from("SIP/2.0 200 OK\r\n");
-        for via in inv.header_all("Via") {
-            ok.push_str(&format!("Via: {via}\r\n"));
-        }
-        for rr in inv.header_all("Record-Route") {
-            ok.push_str(&format!("Record-Route: {rr}\r\n"));
-        }
-        ok.push_str(&format!(
-            "From: {}\r\nTo: {};tag=b1\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{pbx_addr}>\r\n\
-Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
-            inv.header("From").unwrap(),
-            inv.header("To").unwrap(),
-            answer.len()
-        ));
+        let ok = respond(
+            &inv,
+            200,
+            "OK",
+            "b1",
+            &format!("Contact: <sip:pbx@{pbx_addr}>\r\n"),
+            answer,
+        );
         pbx.send_to(ok.as_bytes(), proxy).unwrap();
         let ok = recv_sip(&phone, |m| m.status() == Some(200));
         let to_phone_side = media_addr(ok.body());
@@ -156,16 +150,7 @@ From: <sip:0401234567@127.0.0.1>;tag=a1\r\nTo: <sip:0295120000@127.0.0.1>;tag=b1
     fn hang_up(&self) {
         self.in_dialog("BYE", 2);
         let bye = recv_sip(&self.pbx, |m| m.method() == Some("BYE"));
-        let mut ok = String::from("SIP/2.0 200 OK\r\n");
-        for via in bye.header_all("Via") {
-            ok.push_str(&format!("Via: {via}\r\n"));
-        }
-        ok.push_str(&format!(
-            "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-            bye.header("From").unwrap(),
-            bye.header("To").unwrap(),
-            self.call_id
-        ));
+        let ok = respond(&bye, 200, "OK", "b1", "", "");
         self.pbx.send_to(ok.as_bytes(), self.proxy).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use recproxy::demo::tone::Tone;
 use recproxy::media::rtp::{write_header, RtpHeader};
-use support::raw::{media_addr, pcmu_packet, recv_sip};
+use support::raw::{media_addr, pcmu_packet, recv_sip, respond};
 use support::{dominance, write_config, Daemon, Wav};
 
 const CALLER_HZ: f64 = 440.0;
@@ -72,21 +72,14 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
     });
     let to_pbx_side = media_addr(inv.body());
     let answer = sdp(pbx_rtp.local_addr().unwrap().port());
-    let mut ok = String::from("SIP/2.0 200 OK\r\n");
-    for via in inv.header_all("Via") {
-        ok.push_str(&format!("Via: {via}\r\n"));
-    }
-    for rr in inv.header_all("Record-Route") {
-        ok.push_str(&format!("Record-Route: {rr}\r\n"));
-    }
-    ok.push_str(&format!(
-        "From: {}\r\nTo: {};tag=b1\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-Contact: <sip:pbx@{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
-        inv.header("From").unwrap(),
-        inv.header("To").unwrap(),
-        pbx.local_addr().unwrap(),
-        answer.len()
-    ));
+    let ok = respond(
+        &inv,
+        200,
+        "OK",
+        "b1",
+        &format!("Contact: <sip:pbx@{}>\r\n", pbx.local_addr().unwrap()),
+        &answer,
+    );
     pbx.send_to(ok.as_bytes(), daemon.sip).unwrap();
     let ok = recv_sip(&phone, |m| m.status() == Some(200));
     let to_phone_side = media_addr(ok.body());

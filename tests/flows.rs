@@ -725,7 +725,7 @@ fn refer_by_the_callee_is_an_event_when_accepted_and_none_when_declined() {
 #[test]
 fn an_expired_session_whose_media_stops_without_bye_is_ended_and_forgotten() {
     use std::net::UdpSocket;
-    use support::raw::{media_addr, play, recv_sip, sdp};
+    use support::raw::{media_addr, play, recv_sip, respond, sdp};
 
     let root = tempfile::tempdir().unwrap();
     let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -753,21 +753,7 @@ Session-Expires: 2;refresher=uac\r\nContent-Type: application/sdp\r\nContent-Len
     let inv = recv_sip(&pbx, |m| m.method() == Some("INVITE"));
     let to_pbx_side = media_addr(inv.body());
     let answer = sdp(port(&pbx_rtp), port(&pbx_rtp) + 1);
-    let mut ok = String::from("SIP/2.0 200 OK\r\n");
-    for via in inv.header_all("Via") {
-        ok.push_str(&format!("Via: {via}\r\n"));
-    }
-    for rr in inv.header_all("Record-Route") {
-        ok.push_str(&format!("Record-Route: {rr}\r\n"));
-    }
-    ok.push_str(&format!(
-        "From: {}\r\nTo: {};tag=b1\r\nCall-ID: dead-session\r\nCSeq: 1 INVITE\r\n\
-Contact: <sip:pbx@{pbx_addr}>\r\nRequire: timer\r\nSession-Expires: 2;refresher=uac\r\n\
-Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
-        inv.header("From").unwrap(),
-        inv.header("To").unwrap(),
-        answer.len()
-    ));
+    let ok = respond(&inv, 200, "OK", "b1", &format!("Contact: <sip:pbx@{pbx_addr}>\r\nRequire: timer\r\nSession-Expires: 2;refresher=uac\r\n"), &answer);
     pbx.send_to(ok.as_bytes(), daemon.sip).unwrap();
     let ok = recv_sip(&phone, |m| m.status() == Some(200));
     let to_phone_side = media_addr(ok.body());

@@ -9,7 +9,7 @@ mod support;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use support::raw::{media_addr, play, recv_sip, rtcp_addr, rtcp_rr, sdp};
+use support::raw::{media_addr, play, recv_sip, respond, rtcp_addr, rtcp_rr, sdp};
 use support::{dominance, write_config, Daemon, Wav};
 
 /// Counts RTP packets arriving on a clone of `sock` until `until`.
@@ -68,20 +68,14 @@ Contact: <sip:0401234567@{me}>\r\nContent-Type: application/sdp\r\nContent-Lengt
         pbx_rtcp.local_addr().unwrap().port(),
     );
     let pbx_addr = pbx.local_addr().unwrap();
-    let mut ok = String::from("SIP/2.0 200 OK\r\n");
-    for via in inv.header_all("Via") {
-        ok.push_str(&format!("Via: {via}\r\n"));
-    }
-    for rr in inv.header_all("Record-Route") {
-        ok.push_str(&format!("Record-Route: {rr}\r\n"));
-    }
-    ok.push_str(&format!(
-        "From: {}\r\nTo: {};tag=b1\r\nCall-ID: media-timeout-1\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{pbx_addr}>\r\n\
-Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
-        inv.header("From").unwrap(),
-        inv.header("To").unwrap(),
-        answer.len()
-    ));
+    let ok = respond(
+        &inv,
+        200,
+        "OK",
+        "b1",
+        &format!("Contact: <sip:pbx@{pbx_addr}>\r\n"),
+        &answer,
+    );
     pbx.send_to(ok.as_bytes(), proxy).unwrap();
     let ok = recv_sip(&phone, |m| m.status() == Some(200));
     let to_phone_media = media_addr(ok.body());

@@ -313,14 +313,7 @@ fn ten_thousand_mixed_calls_leave_no_call_dialog_or_port_behind() {
         );
     std::fs::write(&config, text).unwrap();
     let mut daemon = Daemon::start(&config);
-    let tcp_addr: SocketAddr = daemon
-        .log_text()
-        .lines()
-        .find_map(|l| l.split(",tcp:").nth(1))
-        .and_then(|rest| rest.split([',', ' ']).next())
-        .expect("tcp address in the listening line")
-        .parse()
-        .unwrap();
+    let tcp_addr = daemon.tcp_addr();
     let stop = Arc::new(AtomicUsize::new(0));
     let pbx_thread = {
         let stop = Arc::clone(&stop);

@@ -28,14 +28,7 @@ fn daemon(root: &std::path::Path, pbx: SocketAddr, ports: (u16, u16)) -> (Daemon
     );
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config);
-    let log = daemon.log_text();
-    let tcp = log
-        .lines()
-        .find_map(|l| l.split(",tcp:").nth(1))
-        .and_then(|rest| rest.split([',', ' ']).next())
-        .expect("tcp address in the listening line")
-        .parse()
-        .unwrap();
+    let tcp = daemon.tcp_addr();
     (daemon, tcp)
 }
 

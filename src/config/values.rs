@@ -80,21 +80,8 @@ impl FromStr for SipAddr {
                 "unknown transport \"{prefix}\" in \"{s}\": expected \"udp\" or \"tcp\"; {FORMAT}"
             )));
         };
-        let (host, port) = split_host_port(rest).map_err(|why| {
-            ValueError(format!(
-                "{why} in \"{s}\": {FORMAT}, e.g. \"udp:10.0.0.5:5060\""
-            ))
-        })?;
-        let ip = parse_ip(host)?;
-        let port: u16 = port.parse().map_err(|_| {
-            ValueError(format!(
-                "port \"{port}\" in \"{s}\" is not a number in 0..=65535"
-            ))
-        })?;
-        Ok(SipAddr {
-            transport,
-            addr: SocketAddr::new(ip, port),
-        })
+        let addr = socket_addr(rest, s, &format!("{FORMAT}, e.g. \"udp:10.0.0.5:5060\""))?;
+        Ok(SipAddr { transport, addr })
     }
 }
 
@@ -107,15 +94,22 @@ pub fn parse_dns_server(s: &str) -> Result<SocketAddr, ValueError> {
         // Not an IP and no port: parse_ip says why (a host name, say).
         return parse_ip(s).map(|ip| SocketAddr::new(ip, 53));
     }
-    let (host, port) = split_host_port(s).map_err(|why| {
-        ValueError(format!(
-            "{why} in \"{s}\": write \"IP\" or \"IP:PORT\", e.g. \"192.0.2.53\" or \"[2001:db8::53]:53\""
-        ))
-    })?;
+    socket_addr(
+        s,
+        s,
+        "write \"IP\" or \"IP:PORT\", e.g. \"192.0.2.53\" or \"[2001:db8::53]:53\"",
+    )
+}
+
+/// `IP:PORT` / `[IPv6]:PORT` (`text`, part of the whole value `whole`); `how` says how to write
+/// it when it has no port or an unclosed bracket.
+fn socket_addr(text: &str, whole: &str, how: &str) -> Result<SocketAddr, ValueError> {
+    let (host, port) =
+        split_host_port(text).map_err(|why| ValueError(format!("{why} in \"{whole}\": {how}")))?;
     let ip = parse_ip(host)?;
     let port: u16 = port.parse().map_err(|_| {
         ValueError(format!(
-            "port \"{port}\" in \"{s}\" is not a number in 0..=65535"
+            "port \"{port}\" in \"{whole}\" is not a number in 0..=65535"
         ))
     })?;
     Ok(SocketAddr::new(ip, port))

@@ -71,6 +71,18 @@ impl Daemon {
         Daemon::start_with(config, |_| {})
     }
 
+    /// The TCP address it listens on, from its readiness line (a config with a `tcp:` listen
+    /// address after the UDP one).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.log_text()
+            .lines()
+            .find_map(|l| l.split(",tcp:").nth(1))
+            .and_then(|rest| rest.split([',', ' ']).next())
+            .expect("tcp address in the listening line")
+            .parse()
+            .expect("tcp listen address")
+    }
+
     /// Like [`Daemon::start`], with `setup` applied to the command first (limits, say).
     pub fn start_with(config: &Path, setup: impl FnOnce(&mut Command)) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_recproxy"));
