@@ -8,32 +8,32 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Media port ranges of the daemons the tests start all lie in 40000-49999: ports handed to
-/// SIPp stay out of them, so a daemon never takes a port SIPp is about to bind (or the other
-/// way round).
-fn outside_media_ranges(port: u16) -> bool {
-    !(40000..50000).contains(&port)
-}
+/// Ports handed to SIPp come from 20000-29999: below the kernel's ephemeral range (32768 and
+/// up), so no socket bound to port 0 (a daemon's SIP socket, a test phone, a TCP connection)
+/// can take one between our probe and SIPp's bind, and away from the daemons' media ranges
+/// (40000-49999).
+const SIPP_PORTS: std::ops::Range<u16> = 20000..30000;
 
 /// Ports handed out so far: never handed out twice, so tests running at the same time in one
 /// process cannot be given the same port before either has bound it.
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
-/// A port the kernel considers free now, outside the media ranges.
+/// A port of `SIPP_PORTS` that can be bound now, not handed out before; the search starts at a
+/// place that depends on the process, so two test processes rarely probe the same ports.
 fn ephemeral_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(SIPP_PORTS.end - SIPP_PORTS.start);
+    let offset = std::process::id() % span;
     loop {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if outside_media_ranges(port) {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = SIPP_PORTS.start + ((offset + n * 7) % span) as u16;
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
 }
 
-/// A UDP port on 127.0.0.1 that was free a moment ago and was not handed out before.
+/// A free UDP port on 127.0.0.1 for SIPp, never handed out twice in this process.
 pub fn free_udp_port() -> u16 {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
