@@ -79,17 +79,22 @@ fn a_recording_that_runs_out_of_room_stops_the_call_goes_on_and_the_next_is_reco
     let (_, v) = daemon.final_sidecar(&long.call_id);
     assert_eq!(v["end_reason"], "bye_caller", "{v:#}");
     assert_eq!(v["service"]["decision"], "failed", "{v:#}");
+    // The write that failed names the error (EFBIG); which write met the limit (an append, a
+    // header update, or the flush at the end) depends on buffering.
     let reason = v["service"]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("write failed"), "{v:#}");
+    assert!(reason.contains("os error 27"), "{v:#}");
     // What was written before is kept, playable and accounted for.
     let wav = Wav::read(Path::new(v["wav"]["path"].as_str().unwrap()));
     let ms = wav.duration_ms();
     assert!((4000..=5000).contains(&ms), "{ms} ms kept");
     assert_eq!(v["wav"]["duration_ms"].as_u64(), Some(ms), "{v:#}");
     assert!(dominance(&wav.left[8000..24_000], 8000, 440.0, &[1000.0]) > 50.0);
-    assert!(daemon
-        .log_text()
-        .contains("recording stopped; the call goes on"));
+    let log = daemon.log_text();
+    assert!(
+        log.contains("recording stopped; the call goes on")
+            || log.contains("recording cut short: the disk refused its last audio"),
+        "the log says nothing of it"
+    );
 
     // The next call starts a new file and is recorded whole.
     let short = call(2);

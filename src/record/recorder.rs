@@ -647,7 +647,9 @@ impl Session {
         let mut error = self.error.take();
         // After a failed write (disk full) the writer still holds samples the disk refused:
         // the file is closed as it is and its header made to cover what did reach the disk.
+        let recording_id = self.recording_id.clone();
         let finished = self.wav.finish().or_else(|e| {
+            tracing::error!(%recording_id, error = %e, "recording cut short: the disk refused its last audio");
             error.get_or_insert_with(|| format!("cannot finish WAV: {e}"));
             repair(&path)
         });
