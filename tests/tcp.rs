@@ -326,10 +326,16 @@ fn large_invite(proxy: SocketAddr, me: SocketAddr, call_id: &str) -> String {
 #[test]
 fn a_large_request_to_a_udp_pbx_goes_over_tcp_and_falls_back_to_udp_without_a_listener() {
     let root = tempfile::tempdir().unwrap();
-    // The PBX listens on UDP and TCP at the same port, as RFC 3261 servers do.
-    let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The PBX listens on UDP and TCP at the same port, as RFC 3261 servers do: a port free for
+    // both (a TCP port the kernel hands out may be taken on UDP, and the other way round).
+    let (pbx, pbx_tcp) = (0..100)
+        .find_map(|_| {
+            let tcp = TcpListener::bind("127.0.0.1:0").ok()?;
+            let udp = UdpSocket::bind(tcp.local_addr().ok()?).ok()?;
+            Some((udp, tcp))
+        })
+        .expect("a port free for UDP and TCP");
     let pbx_addr = pbx.local_addr().unwrap();
-    let pbx_tcp = TcpListener::bind(pbx_addr).unwrap();
     let (daemon, _) = daemon(root.path(), pbx_addr, (48200, 48299));
 
     let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
