@@ -99,11 +99,13 @@ impl EndReason {
 /// Service and policy decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceInfo {
-    /// Matched service name (no services are configured in this version: `null`).
+    /// The call's `[[service]]` (first match by called number, else the default service);
+    /// `null` when no service claims the call.
     pub name: Option<String>,
-    /// Tenant of the service.
+    /// Tenant of the service (`null` when it names none).
     pub tenant: Option<String>,
-    /// What policy decided.
+    /// What policy decided: sampling and `record = "none"` are decided at INVITE, a failure
+    /// when it happens.
     pub decision: Decision,
     /// Why, when the decision is not `recorded`.
     pub reason: Option<String>,
@@ -521,6 +523,8 @@ mod tests {
         let t = format_time(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123));
         let mut full = CallRecord::new("01JDQ4Z6M8V0W3T5Y7B9C1D2E3".into(), "a@b".into());
         full.state = RecordState::Complete;
+        full.service.name = Some("tax-office".into());
+        full.service.tenant = Some("tax-administration".into());
         full.direction = Some(Direction::Inbound);
         full.caller_number = Some("0401234567".into());
         full.times = Times {
@@ -571,7 +575,14 @@ mod tests {
         let mut minimal = CallRecord::new("01JDQ4Z6M8V0W3T5Y7B9C1D2E4".into(), "c@d".into());
         minimal.state = RecordState::NotRecorded;
         minimal.not_recorded_reason = Some("not answered: 486 Busy Here".into());
-        for record in [&full, &minimal] {
+        let mut left_out = minimal.clone();
+        left_out.service = ServiceInfo {
+            name: Some("survey".into()),
+            tenant: None,
+            decision: Decision::SampledOut,
+            reason: Some("sampled out: service \"survey\" records a share of 0.25 of its calls, chosen by Call-ID and policy.sample_seed".into()),
+        };
+        for record in [&full, &minimal, &left_out] {
             let v = serde_json::to_value(record).unwrap();
             let errors = schema_errors(&schema, &schema, &v, "$");
             assert!(errors.is_empty(), "{errors:#?}");

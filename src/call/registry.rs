@@ -1,7 +1,8 @@
 //! The call registry: the single owner of call state. It anchors media when the proxy core hands
 //! it an SDP body (allocating relay ports, rewriting the SDP), turns call events into the call's
-//! metadata record, starts and stops recordings at answer and hang-up, and frees every resource
-//! on every end path. It never parses SIP; file IO goes to the recorder thread.
+//! metadata record, asks policy for the call's service at INVITE, starts and stops recordings at
+//! answer and hang-up (unless policy leaves the call out), and frees every resource on every
+//! end path. It never parses SIP; file IO goes to the recorder thread.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,7 @@ use crate::call::media_state::{event_record, holds, idx, party_name, AudioState,
 use crate::call::metadata::{
     day_dir, format_time, CallRecord, Decision, Direction, EndReason, RecordState, WavInfo,
 };
+use crate::call::policy::ServicePolicy;
 use crate::codec::Codec;
 use crate::media::ports::{PortError, PortPool};
 use crate::media::relay::{self, RelayControl, RelayEvent, RelayHandle};
@@ -37,6 +39,8 @@ pub struct RegistryConfig {
     /// WAV sample rate of calls whose parties can both speak a wideband codec (G.722, Opus):
     /// the whole call is recorded at this rate, whatever codec it uses when.
     pub wideband_rate: u32,
+    /// Which service a call belongs to and whether it is recorded.
+    pub policy: ServicePolicy,
 }
 
 /// Wall-clock time of a monotonic `Instant` in the recent past, read afresh each time so that a
@@ -293,6 +297,8 @@ impl CallRegistry {
 
     fn invite(&mut self, call_id: &str, at: Instant, info: &InviteInfo) {
         let time = format_time(wall_time(at));
+        let called = called_number(info);
+        let assignment = self.cfg.policy.assign(called.as_deref(), call_id);
         let call = self.call_mut(call_id);
         if call.invite_at.is_some() {
             return;
@@ -308,8 +314,16 @@ impl CallRegistry {
         let caller = caller_number(info);
         rec.caller_number_raw = caller.clone();
         rec.caller_number = caller;
-        rec.called_number = called_number(info);
-        tracing::info!(%call_id, recording_id = %rec.recording_id, caller = ?rec.caller_number, called = ?rec.called_number, "call offered");
+        rec.called_number = called;
+        // Decided now, from the called number and the Call-ID alone, so that a call policy
+        // leaves out says so in its sidecar even if it is never answered; acted on at answer.
+        if let Some(a) = assignment {
+            rec.service.name = Some(a.name);
+            rec.service.tenant = a.tenant;
+            rec.service.decision = a.decision;
+            rec.service.reason = a.reason;
+        }
+        tracing::info!(%call_id, recording_id = %rec.recording_id, caller = ?rec.caller_number, called = ?rec.called_number, service = ?rec.service.name, decision = ?rec.service.decision, "call offered");
     }
 
     fn answered(&mut self, call_id: &str, at: Instant) {
@@ -340,11 +354,24 @@ impl CallRegistry {
                 RelayControl::Arm
             });
         }
-        if let Some(reason) = call.audio.unrecordable() {
-            tracing::warn!(%call_id, recording_id = %call.record.recording_id, %reason, "call is not recorded");
+        // Policy first: a call its service leaves out is not recorded whatever its media.
+        let left_out = match call.record.service.decision {
+            Decision::PolicyNone | Decision::SampledOut => call.record.service.reason.clone(),
+            Decision::Recorded | Decision::Failed => None,
+        };
+        let skip = match left_out {
+            Some(reason) => {
+                tracing::info!(%call_id, recording_id = %call.record.recording_id, %reason, "call is not recorded");
+                Some(reason)
+            }
+            None => call.audio.unrecordable().inspect(|reason| {
+                tracing::warn!(%call_id, recording_id = %call.record.recording_id, %reason, "call is not recorded");
+                call.record.service.decision = Decision::Failed;
+                call.record.service.reason = Some(reason.clone());
+            }),
+        };
+        if let Some(reason) = skip {
             call.record.state = RecordState::NotRecorded;
-            call.record.service.decision = Decision::Failed;
-            call.record.service.reason = Some(reason.clone());
             call.record.not_recorded_reason = Some(reason);
             // Written now, not only at the end: if the call's end never passes the proxy, the
             // register still shows that the call happened and why it was not recorded.
@@ -710,6 +737,7 @@ mod tests {
             recording_dir: dir.path().to_path_buf(),
             sample_rate: 8000,
             wideband_rate: 16000,
+            policy: ServicePolicy::default(),
         };
         (
             CallRegistry::new(cfg, pool, recorder, relay_tx),

@@ -56,6 +56,11 @@ impl<'a> Document<'a> {
         }
     }
 
+    /// 1-based line of `span`, for messages that point back at an earlier entry.
+    pub(super) fn line_of(&self, span: &Range<usize>) -> usize {
+        line_column(self.text, span.start).0
+    }
+
     /// Where the table `name` (a top-level key such as `media`) is first written, if it is.
     pub(super) fn table_span(&self, name: &str) -> Option<Range<usize>> {
         self.keys()

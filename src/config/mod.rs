@@ -11,11 +11,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use locate::Document;
-pub use values::{parse_duration, parse_ip, PortRange, SipAddr, Transport, ValueError};
+pub use values::{
+    parse_duration, parse_ip, NumberPattern, PortRange, RecordRule, SipAddr, Transport, ValueError,
+};
 
 /// The validated configuration the daemon runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +29,11 @@ pub struct Config {
     pub media: MediaConfig,
     /// Where and how recordings are written.
     pub recording: RecordingConfig,
+    /// `[policy]`: settings every service's decisions share.
+    pub policy: PolicyConfig,
+    /// `[[service]]` in file order: the first whose numbers match a call's called number is the
+    /// call's service. Empty: every answered call is recorded, with no service named.
+    pub services: Vec<ServiceConfig>,
     /// File the configuration came from, or whatever name the caller of [`parse`] gave.
     pub source: PathBuf,
 }
@@ -77,6 +85,28 @@ pub struct RecordingConfig {
     pub wideband_rate: u32,
     /// How long a position of the recording waits for late or reordered packets.
     pub reorder_window: Duration,
+}
+
+/// `[policy]`: what every service's decisions share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Mixed into the hash of the Call-ID that sampling draws from, so the choice is reproducible
+    /// by whoever knows the seed and not predictable by callers. Required once a service samples.
+    pub sample_seed: Option<String>,
+}
+
+/// One `[[service]]`: the calls to some numbers, and whether they are recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Unique name, written into each sidecar's `service.name`.
+    pub name: String,
+    /// Organisation the service belongs to (`service.tenant`).
+    pub tenant: Option<String>,
+    /// Called numbers it claims; empty for the default service, which claims every call that
+    /// no service before it claimed.
+    pub numbers: Vec<NumberPattern>,
+    /// Which of its answered calls are recorded.
+    pub record: RecordRule,
 }
 
 /// Why a configuration could not be loaded.
@@ -180,6 +210,73 @@ struct RawConfig {
     media: Option<RawMedia>,
     /// `[recording]` (required: it holds `dir`).
     recording: Option<RawRecording>,
+    /// `[policy]` (optional).
+    policy: Option<RawPolicy>,
+    /// `[[service]]` entries in file order (optional).
+    service: Option<Vec<Spanned<RawService>>>,
+}
+
+/// `[policy]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [policy] table")]
+struct RawPolicy {
+    /// Optional; required once a service samples.
+    sample_seed: Option<Spanned<String>>,
+}
+
+/// One `[[service]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[service]] table")]
+struct RawService {
+    /// Required, unique.
+    name: Option<Spanned<String>>,
+    /// Optional.
+    tenant: Option<Spanned<String>>,
+    /// Optional list of exact numbers and `prefix*`; absent for the default service.
+    numbers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Required: `"all"`, `"none"` or `{ sample = 0.25 }`.
+    record: Option<Spanned<RawRecord>>,
+}
+
+/// `record = ...` as written: a word, or an inline table with the sampled share.
+#[derive(Debug)]
+enum RawRecord {
+    /// `"all"`, `"none"` or a mistake.
+    Word(String),
+    /// `{ sample = share }`.
+    Sample(Spanned<f64>),
+}
+
+/// The inline table of `record = { sample = 0.25 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "{ sample = 0.25 }")]
+struct RawSample {
+    sample: Spanned<f64>,
+}
+
+impl<'de> Deserialize<'de> for RawRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RecordVisitor;
+        impl<'de> Visitor<'de> for RecordVisitor {
+            type Value = RawRecord;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"all\", \"none\" or { sample = 0.25 }")
+            }
+
+            fn visit_str<E>(self, word: &str) -> Result<RawRecord, E> {
+                Ok(RawRecord::Word(word.to_owned()))
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<RawRecord, M::Error> {
+                // The derived table keeps serde's unknown-key and missing-key errors, which the
+                // TOML deserializer places at the offending key.
+                RawSample::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|s| RawRecord::Sample(s.sample))
+            }
+        }
+        deserializer.deserialize_any(RecordVisitor)
+    }
 }
 
 /// `[sip]` as written.
@@ -260,6 +357,7 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
     let sip = raw.sip.unwrap_or_default();
     let media = raw.media.unwrap_or_default();
     let recording = raw.recording.unwrap_or_default();
+    let policy = raw.policy.unwrap_or_default();
 
     let listen_raw = required(
         doc,
@@ -441,6 +539,20 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             })?,
     };
 
+    let sample_seed = match policy.sample_seed {
+        None => None,
+        Some(seed) if seed.get_ref().trim().is_empty() => {
+            return Err(doc.invalid(
+                Some(seed.span()),
+                "policy.sample_seed",
+                "must not be empty: sampling hashes the Call-ID with this seed, and an empty \
+                 one lets anyone predict which calls are recorded",
+            ))
+        }
+        Some(seed) => Some(seed.into_inner()),
+    };
+    let services = services(doc, raw.service.unwrap_or_default(), sample_seed.is_some())?;
+
     Ok(Config {
         sip: SipConfig {
             listen,
@@ -465,8 +577,183 @@ fn resolve(raw: RawConfig, doc: &Document<'_>) -> Result<Config, ConfigError> {
             wideband_rate,
             reorder_window,
         },
+        policy: PolicyConfig { sample_seed },
+        services,
         source: PathBuf::new(),
     })
+}
+
+/// Every `[[service]]`: required keys, unique names, valid numbers and rules, and no rule that
+/// can never match because one written before it (in this or an earlier service) already
+/// matches every number it does. Overlaps the other way round are fine: an exact number before
+/// the prefix that contains it is how an exception is written.
+fn services(
+    doc: &Document<'_>,
+    raw: Vec<Spanned<RawService>>,
+    seeded: bool,
+) -> Result<Vec<ServiceConfig>, ConfigError> {
+    let mut out: Vec<ServiceConfig> = Vec::with_capacity(raw.len());
+    // Line of each accepted service's name, for messages that point back at it.
+    let mut lines: Vec<usize> = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let at = entry.span();
+        let entry = entry.into_inner();
+        let name_raw = entry.name.ok_or_else(|| {
+            doc.invalid(
+                Some(at.clone()),
+                "service.name",
+                "missing required key: add `name = \"switchboard\"` to this [[service]]",
+            )
+        })?;
+        let name = name_raw.get_ref().clone();
+        if name.trim().is_empty() {
+            return Err(doc.invalid(
+                Some(name_raw.span()),
+                "service.name",
+                "must not be empty: sidecars name the service a call belongs to",
+            ));
+        }
+        if let Some((earlier, line)) = out.iter().zip(&lines).find(|(s, _)| s.name == name) {
+            return Err(doc.invalid(
+                Some(name_raw.span()),
+                "service.name",
+                format!(
+                    "\"{}\" is already the name of the service on line {}: each service needs \
+                     its own name (sidecars tell services apart by it)",
+                    earlier.name, line
+                ),
+            ));
+        }
+        if let Some((default, line)) = out.iter().zip(&lines).find(|(s, _)| s.numbers.is_empty()) {
+            return Err(doc.invalid(
+                Some(name_raw.span()),
+                "service.name",
+                format!(
+                    "service \"{name}\" can never match: the default service \"{}\" on line {} \
+                     (no `numbers`) comes first and takes every call; put the default service \
+                     last",
+                    default.name, line
+                ),
+            ));
+        }
+        let tenant = match entry.tenant {
+            None => None,
+            Some(t) if t.get_ref().trim().is_empty() => {
+                return Err(doc.invalid(
+                    Some(t.span()),
+                    "service.tenant",
+                    "must not be empty: leave the key out when the service has no tenant",
+                ))
+            }
+            Some(t) => Some(t.into_inner()),
+        };
+        let mut numbers: Vec<NumberPattern> = Vec::new();
+        if let Some(list) = entry.numbers {
+            if list.get_ref().is_empty() {
+                return Err(doc.invalid(
+                    Some(list.span()),
+                    "service.numbers",
+                    "empty list: leave `numbers` out to make this the default service, or list \
+                     called numbers such as \"+358295120000\" or prefixes such as \"+35829512*\"",
+                ));
+            }
+            for raw_number in list.into_inner() {
+                let pattern = value(
+                    doc,
+                    &raw_number,
+                    "service.numbers",
+                    str::parse::<NumberPattern>,
+                )?;
+                let shadow = |earlier: &&NumberPattern| earlier.covers(&pattern);
+                if let Some(earlier) = numbers.iter().find(shadow) {
+                    return Err(doc.invalid(
+                        Some(raw_number.span()),
+                        "service.numbers",
+                        format!(
+                            "\"{pattern}\" can never match: \"{earlier}\" before it in this \
+                             service already matches every number it does"
+                        ),
+                    ));
+                }
+                let before = out.iter().zip(&lines).find_map(|(s, line)| {
+                    s.numbers
+                        .iter()
+                        .find(shadow)
+                        .map(|earlier| (s, line, earlier))
+                });
+                if let Some((service, line, earlier)) = before {
+                    return Err(doc.invalid(
+                        Some(raw_number.span()),
+                        "service.numbers",
+                        format!(
+                            "\"{pattern}\" can never match: service \"{}\" on line {} comes \
+                             first and its \"{earlier}\" already matches every number it does \
+                             (the first matching service wins); remove it, or move the more \
+                             specific service first",
+                            service.name, line
+                        ),
+                    ));
+                }
+                numbers.push(pattern);
+            }
+        }
+        let record_raw = entry.record.ok_or_else(|| {
+            doc.invalid(
+                Some(at.clone()),
+                "service.record",
+                "missing required key: add `record = \"all\"` (or \"none\", or { sample = 0.25 }) \
+                 to this [[service]]",
+            )
+        })?;
+        let record_span = record_raw.span();
+        let record = match record_raw.into_inner() {
+            RawRecord::Word(word) => match word.as_str() {
+                "all" => RecordRule::All,
+                "none" => RecordRule::None,
+                _ => {
+                    return Err(doc.invalid(
+                        Some(record_span),
+                        "service.record",
+                        format!(
+                            "\"{word}\" is not a recording rule: write \"all\", \"none\" or \
+                             {{ sample = 0.25 }}"
+                        ),
+                    ))
+                }
+            },
+            RawRecord::Sample(share) => {
+                let fraction = *share.get_ref();
+                if !(0.0..=1.0).contains(&fraction) {
+                    return Err(doc.invalid(
+                        Some(share.span()),
+                        "service.record.sample",
+                        format!(
+                            "{fraction} is out of range: the share of the service's calls that is \
+                             recorded must be between 0.0 and 1.0"
+                        ),
+                    ));
+                }
+                if !seeded {
+                    return Err(doc.invalid(
+                        Some(record_span),
+                        "service.record",
+                        "sampling needs a seed: add `sample_seed = \"...\"` to [policy] (the \
+                         Call-ID hashed with the seed decides which calls are recorded, so the \
+                         choice is reproducible and callers cannot predict it)",
+                    ));
+                }
+                RecordRule::Sample(fraction)
+            }
+        };
+        lines.push(doc.line_of(&name_raw.span()));
+        out.push(ServiceConfig {
+            name,
+            tenant,
+            numbers,
+            record,
+        });
+    }
+    Ok(out)
 }
 
 /// A required key: reports it at its table's header, or at line 1 when the table is missing.

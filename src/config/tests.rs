@@ -35,6 +35,23 @@ fn sip(s: &str) -> SipAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
+fn service(
+    name: &str,
+    tenant: Option<&str>,
+    numbers: &[&str],
+    record: RecordRule,
+) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        tenant: tenant.map(Into::into),
+        numbers: numbers
+            .iter()
+            .map(|n| n.parse().unwrap_or_else(|e| panic!("{n}: {e}")))
+            .collect(),
+        record,
+    }
+}
+
 fn parse_str(text: &str) -> Result<Config, ConfigError> {
     parse(text, Path::new("test.toml"))
 }
@@ -81,6 +98,30 @@ fn example_file_parses_to_the_documented_values() {
                 wideband_rate: 16000,
                 reorder_window: Duration::from_millis(60),
             },
+            policy: PolicyConfig {
+                sample_seed: Some("change-me".into()),
+            },
+            services: vec![
+                service(
+                    "switchboard",
+                    Some("city-of-example"),
+                    &["+358912340000", "+35891234*"],
+                    RecordRule::All
+                ),
+                service(
+                    "tax-office",
+                    Some("tax-administration"),
+                    &["+358295120000", "+35829512*"],
+                    RecordRule::Sample(0.25)
+                ),
+                service(
+                    "health-services",
+                    Some("wellbeing-county"),
+                    &["+358974100000"],
+                    RecordRule::All
+                ),
+                service("other", None, &[], RecordRule::None),
+            ],
             source: PathBuf::from("etc/recproxy.toml"),
         }
     );
@@ -667,6 +708,191 @@ proptest! {
             prop_assert!((1..=13).contains(&got), "line {} for {:?}", got, text);
             // Only a quoted empty key (`"" = 1`) may yield an empty key name.
             prop_assert!(!key.is_empty() || text.contains("\"\"") || text.contains("''"));
+        }
+    }
+}
+
+/// BASE plus a policy and three services (from line 13 on); the service cases edit one line.
+const SERVICES: &str = "\
+[policy]
+sample_seed = \"s\"
+
+[[service]]
+name = \"switchboard\"
+tenant = \"city\"
+numbers = [\"0912340000\", \"091234*\"]
+record = \"all\"
+
+[[service]]
+name = \"tax\"
+numbers = [\"029512*\"]
+record = { sample = 0.25 }
+
+[[service]]
+name = \"other\"
+record = \"none\"
+";
+
+/// BASE + SERVICES with `from` (occurring once) replaced by `to`.
+fn edit_services(from: &str, to: &str) -> String {
+    let text = format!("{BASE}{SERVICES}");
+    assert_eq!(text.matches(from).count(), 1, "{from:?} must occur once");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn services_parse_in_file_order_and_without_them_nothing_changes() {
+    let cfg = parse_str(&format!("{BASE}{SERVICES}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.policy.sample_seed.as_deref(), Some("s"));
+    assert_eq!(
+        cfg.services,
+        vec![
+            service(
+                "switchboard",
+                Some("city"),
+                &["0912340000", "091234*"],
+                RecordRule::All
+            ),
+            service("tax", None, &["029512*"], RecordRule::Sample(0.25)),
+            service("other", None, &[], RecordRule::None),
+        ]
+    );
+    // An exact number before the prefix it is carved out of is an exception, not a conflict;
+    // the shares 0 and 1 are allowed, and so are integers for them.
+    let text = edit_services("[\"029512*\"]", "[\"0295120001\", \"029512*\"]")
+        .replace("sample = 0.25", "sample = 1");
+    let cfg = parse_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.services[1].record, RecordRule::Sample(1.0));
+    let cfg = parse_str(BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.services.is_empty());
+    assert_eq!(cfg.policy, PolicyConfig::default());
+}
+
+#[test]
+fn service_mistakes_are_reported_with_their_exact_message() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key in a service",
+            edit_services("tenant = \"city\"", "colour = \"red\""),
+            "test.toml:18:1: `service.colour`: unknown key `colour`, expected one of `name`, \
+             `tenant`, `numbers`, `record`",
+        ),
+        (
+            "unknown key in the record table",
+            edit_services("sample = 0.25", "share = 0.25"),
+            "test.toml:25:12: `service.record.share`: unknown key `share`, expected `sample`",
+        ),
+        (
+            "unknown key in [policy]",
+            edit_services("sample_seed = \"s\"", "seed = \"s\""),
+            "test.toml:14:1: `policy.seed`: unknown key `seed`, expected `sample_seed`",
+        ),
+        (
+            "sample above 1",
+            edit_services("sample = 0.25", "sample = 1.5"),
+            "test.toml:25:21: `service.record.sample`: 1.5 is out of range: the share of the \
+             service's calls that is recorded must be between 0.0 and 1.0",
+        ),
+        (
+            "sample below 0",
+            edit_services("sample = 0.25", "sample = -0.1"),
+            "test.toml:25:21: `service.record.sample`: -0.1 is out of range: the share of the \
+             service's calls that is recorded must be between 0.0 and 1.0",
+        ),
+        (
+            "record word unknown",
+            edit_services("record = \"all\"", "record = \"some\""),
+            "test.toml:20:10: `service.record`: \"some\" is not a recording rule: write \"all\", \
+             \"none\" or { sample = 0.25 }",
+        ),
+        (
+            "record of the wrong type",
+            edit_services("record = \"all\"", "record = 5"),
+            "test.toml:20:10: `service.record`: invalid type: integer `5`, expected \"all\", \
+             \"none\" or { sample = 0.25 }",
+        ),
+        (
+            "duplicate name",
+            edit_services("name = \"tax\"", "name = \"switchboard\""),
+            "test.toml:23:8: `service.name`: \"switchboard\" is already the name of the service \
+             on line 17: each service needs its own name (sidecars tell services apart by it)",
+        ),
+        (
+            "number taken by an earlier service's prefix",
+            edit_services("[\"029512*\"]", "[\"0912340001\"]"),
+            "test.toml:24:12: `service.numbers`: \"0912340001\" can never match: service \
+             \"switchboard\" on line 17 comes first and its \"091234*\" already matches every \
+             number it does (the first matching service wins); remove it, or move the more \
+             specific service first",
+        ),
+        (
+            "number identical to an earlier service's",
+            edit_services("[\"029512*\"]", "[\"0912340000\"]"),
+            "test.toml:24:12: `service.numbers`: \"0912340000\" can never match: service \
+             \"switchboard\" on line 17 comes first and its \"0912340000\" already matches every \
+             number it does (the first matching service wins); remove it, or move the more \
+             specific service first",
+        ),
+        (
+            "prefix inside an earlier prefix of the same service",
+            edit_services(
+                "[\"0912340000\", \"091234*\"]",
+                "[\"0912*\", \"091234*\"]",
+            ),
+            "test.toml:19:21: `service.numbers`: \"091234*\" can never match: \"0912*\" before it \
+             in this service already matches every number it does",
+        ),
+        (
+            "service after the default",
+            format!("{BASE}{SERVICES}\n[[service]]\nname = \"late\"\nnumbers = [\"1\"]\nrecord = \"all\"\n"),
+            "test.toml:32:8: `service.name`: service \"late\" can never match: the default \
+             service \"other\" on line 28 (no `numbers`) comes first and takes every call; put \
+             the default service last",
+        ),
+        (
+            "sampling without a seed",
+            edit_services("sample_seed = \"s\"\n", ""),
+            "test.toml:24:10: `service.record`: sampling needs a seed: add `sample_seed = \
+             \"...\"` to [policy] (the Call-ID hashed with the seed decides which calls are \
+             recorded, so the choice is reproducible and callers cannot predict it)",
+        ),
+        (
+            "empty seed",
+            edit_services("sample_seed = \"s\"", "sample_seed = \" \""),
+            "test.toml:14:15: `policy.sample_seed`: must not be empty: sampling hashes the \
+             Call-ID with this seed, and an empty one lets anyone predict which calls are \
+             recorded",
+        ),
+        (
+            "empty numbers",
+            edit_services("[\"029512*\"]", "[]"),
+            "test.toml:24:11: `service.numbers`: empty list: leave `numbers` out to make this \
+             the default service, or list called numbers such as \"+358295120000\" or prefixes \
+             such as \"+35829512*\"",
+        ),
+        (
+            "number with a star inside",
+            edit_services("[\"029512*\"]", "[\"0295*12\"]"),
+            "test.toml:24:12: `service.numbers`: \"0295*12\": * may only end a prefix, e.g. \
+             \"+35829512*\"",
+        ),
+        (
+            "missing name",
+            edit_services("name = \"tax\"\n", ""),
+            "test.toml:22:1: `service.name`: missing required key: add `name = \
+             \"switchboard\"` to this [[service]]",
+        ),
+        (
+            "missing record",
+            edit_services("record = \"none\"\n", ""),
+            "test.toml:27:1: `service.record`: missing required key: add `record = \"all\"` \
+             (or \"none\", or { sample = 0.25 }) to this [[service]]",
+        ),
+    ];
+    for (case, text, expected) in cases {
+        match parse_str(&text) {
+            Ok(cfg) => panic!("{case}: accepted: {:?}\n{text}", cfg.services),
+            Err(e) => assert_eq!(e.to_string(), expected, "{case}\n{text}"),
         }
     }
 }

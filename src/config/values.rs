@@ -1,6 +1,7 @@
 //! Value syntaxes of the configuration file: SIP addresses (`udp:IP:PORT`), IP literals, port
-//! ranges (`LOW-HIGH`) and durations (`60s`). Each parser returns a [`ValueError`] whose text says
-//! what is wrong and how to write it; the caller attaches file, line and key.
+//! ranges (`LOW-HIGH`), durations (`60s`), and the called numbers and recording rules of
+//! services. Each parser returns a [`ValueError`] whose text says what is wrong and how to write
+//! it; the caller attaches file, line and key.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -242,6 +243,99 @@ impl FromStr for PortRange {
     }
 }
 
+/// A called number a `[[service]]` claims: the exact Request-URI user part, or a prefix of it
+/// written with a trailing `*` (`"+35829512*"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumberPattern {
+    /// Matches this number only.
+    Exact(String),
+    /// Matches every number that starts with this text (written without the `*`).
+    Prefix(String),
+}
+
+impl NumberPattern {
+    /// Whether the called number `number` is one this pattern claims.
+    pub fn matches(&self, number: &str) -> bool {
+        match self {
+            NumberPattern::Exact(exact) => exact == number,
+            NumberPattern::Prefix(prefix) => number.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// Whether every number `other` matches is matched by `self` too: `other` placed after
+    /// `self` can never be the first match.
+    pub fn covers(&self, other: &NumberPattern) -> bool {
+        match (self, other) {
+            (NumberPattern::Exact(a), NumberPattern::Exact(b)) => a == b,
+            (NumberPattern::Exact(_), NumberPattern::Prefix(_)) => false,
+            (NumberPattern::Prefix(p), NumberPattern::Exact(b) | NumberPattern::Prefix(b)) => {
+                b.starts_with(p.as_str())
+            }
+        }
+    }
+}
+
+impl fmt::Display for NumberPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NumberPattern::Exact(exact) => f.write_str(exact),
+            NumberPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
+impl FromStr for NumberPattern {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(ValueError::new(
+                "empty number: write a called number such as \"+358295120000\", or a prefix \
+                 ending in * such as \"+35829512*\"",
+            ));
+        }
+        if s == "*" {
+            return Err(ValueError::new(
+                "\"*\" alone matches every number: leave `numbers` out to make this the default \
+                 service",
+            ));
+        }
+        let (body, prefix) = match s.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (s, false),
+        };
+        if body.contains('*') {
+            return Err(ValueError(format!(
+                "\"{s}\": * may only end a prefix, e.g. \"+35829512*\""
+            )));
+        }
+        if body.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ValueError(format!(
+                "\"{s}\" contains white space: numbers are matched against the Request-URI user \
+                 part, which has none"
+            )));
+        }
+        let body = body.to_owned();
+        Ok(if prefix {
+            NumberPattern::Prefix(body)
+        } else {
+            NumberPattern::Exact(body)
+        })
+    }
+}
+
+/// Which of a service's answered calls are recorded (`record = ...`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordRule {
+    /// `"all"`: every answered call.
+    All,
+    /// `"none"`: no call; each still gets its sidecar saying so.
+    None,
+    /// `{ sample = share }`: this share (0.0..=1.0) of the calls, chosen by Call-ID and
+    /// `policy.sample_seed`.
+    Sample(f64),
+}
+
 /// Parses a duration written as a whole number and a unit: `500ms`, `60s`, `5m` (or `5min`), `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     const UNITS: &str = "ms, s, m or min, h";
@@ -449,6 +543,38 @@ mod tests {
         ];
         for (input, fragment) in bad {
             let err = parse_duration(input).expect_err(input).to_string();
+            assert!(err.contains(fragment), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn number_patterns_match_and_cover() {
+        let p = |s: &str| {
+            s.parse::<NumberPattern>()
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        };
+        assert_eq!(
+            p("+358295120000"),
+            NumberPattern::Exact("+358295120000".into())
+        );
+        assert_eq!(p("+35829512*"), NumberPattern::Prefix("+35829512".into()));
+        assert_eq!(p("+35829512*").to_string(), "+35829512*");
+        assert!(p("+35829512*").matches("+358295120000"));
+        assert!(!p("+35829512*").matches("+35829513"));
+        assert!(p("100").matches("100") && !p("100").matches("1000"));
+        assert!(p("+358*").covers(&p("+35829512*")));
+        assert!(p("+358*").covers(&p("+358295120000")));
+        assert!(p("100").covers(&p("100")));
+        assert!(!p("100").covers(&p("100*")));
+        assert!(!p("+35829512*").covers(&p("+358*")));
+        let bad = [
+            ("", "empty number"),
+            ("*", "leave `numbers` out"),
+            ("+358*12*", "* may only end a prefix"),
+            ("029 512", "contains white space"),
+        ];
+        for (input, fragment) in bad {
+            let err = input.parse::<NumberPattern>().expect_err(input).to_string();
             assert!(err.contains(fragment), "{input}: {err}");
         }
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
 use crate::call::metadata::{read_sidecar, write_sidecar, RecordState};
+use crate::call::policy::ServicePolicy;
 use crate::call::registry::{CallRegistry, RegistryConfig};
 use crate::config::{Config, Transport};
 use crate::media::ports::PortPool;
@@ -124,6 +125,7 @@ impl Daemon {
                 recording_dir: dir.clone(),
                 sample_rate: SAMPLE_RATE,
                 wideband_rate: cfg.recording.wideband_rate,
+                policy: ServicePolicy::new(cfg.services.clone(), cfg.policy.sample_seed.clone()),
             },
             pool,
             recorder,
