@@ -26,8 +26,7 @@ use recproxy::demo::ua::{
     SessionTimer, UasCallReport,
 };
 use support::{
-    dominance, longest_zero_run_ms_at, ms, setup, sidecars, sidecars_of, span_at, wavs, Daemon,
-    Setup, Wav,
+    dominance, longest_zero_run_ms_at, ms, setup, sidecars, sidecars_of, span_at, wavs, Daemon, Wav,
 };
 
 const CALLER_HZ: f64 = 440.0;
@@ -36,24 +35,6 @@ const RATE: u32 = 8000;
 
 fn spec(talk: Duration) -> CallSpec {
     CallSpec::new("0401234567", "0295120000", Codec::Pcmu, CALLER_HZ, talk)
-}
-
-/// Places an answered call; both sides' reports.
-fn answered(s: &mut Setup, spec: &CallSpec) -> (CallReport, UasCallReport) {
-    let report = s.call(spec);
-    assert_eq!(report.outcome, Outcome::Answered, "{report:?}");
-    let uas = s.pbx_report();
-    assert_eq!(uas.outcome, Outcome::Answered);
-    assert_eq!(uas.call_id, report.call_id);
-    (report, uas)
-}
-
-/// Milliseconds from the answer (as the phone saw it) to `t`.
-fn since_answer(report: &CallReport, t: Option<SystemTime>) -> i64 {
-    t.unwrap()
-        .duration_since(report.answered_at.unwrap())
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn span(ch: &[i16], from_s: f64, to_s: f64) -> &[i16] {
@@ -85,7 +66,7 @@ fn the_wav(daemon: &Daemon, v: &serde_json::Value, report: &CallReport, test: &s
     let files = wavs(&daemon.dir);
     assert_eq!(files.len(), 1, "one WAV for the call: {files:?}");
     assert_eq!(files[0], Path::new(v["wav"]["path"].as_str().unwrap()));
-    wav_of(v, since_answer(report, report.bye_sent_at), test)
+    wav_of(v, support::since_answer(report, report.bye_sent_at), test)
 }
 
 /// Each party's tone dominates its own channel over each span.
@@ -135,7 +116,7 @@ fn forked_invite_is_recorded_in_the_winning_dialog() {
         (47000, 47099),
         "",
     );
-    let (report, uas) = answered(&mut s, &spec(Duration::from_secs(3)));
+    let (report, uas) = s.answered(&spec(Duration::from_secs(3)));
 
     // Two early dialogs reached the phone through the proxy; the second fork answered and the
     // phone's ACK and BYE went to it: its To tag, its Contact.
@@ -213,7 +194,7 @@ fn challenged_invite_retried_with_credentials_is_one_recording() {
         user: "0401234567".into(),
         password: "s3cret".into(),
     });
-    let (report, uas) = answered(&mut s, &spec);
+    let (report, uas) = s.answered(&spec);
 
     // The phone answered the challenge through the proxy: same Call-ID (checked above), CSeq 2
     // with credentials, and the PBX accepted them.
@@ -280,7 +261,7 @@ fn refer_transfer_is_an_event_at_its_offset_and_the_recording_stays_aligned() {
     );
     let mut spec = spec(Duration::from_secs(4));
     spec.refer = Some((Duration::from_millis(1500), "0299999999".into()));
-    let (report, uas) = answered(&mut s, &spec);
+    let (report, uas) = s.answered(&spec);
 
     // REFER accepted, NOTIFYs 100 then 200 through the proxy both ways, and the transferor hung
     // up on the final one (about 1 s after the REFER, well before its 4 s of talk).
@@ -296,8 +277,8 @@ fn refer_transfer_is_an_event_at_its_offset_and_the_recording_stays_aligned() {
         "{:?}",
         uas.refer_to
     );
-    let refer_ms = since_answer(&report, report.refer_sent_at);
-    let bye_ms = since_answer(&report, report.bye_sent_at);
+    let refer_ms = support::since_answer(&report, report.refer_sent_at);
+    let bye_ms = support::since_answer(&report, report.bye_sent_at);
     assert!((refer_ms - 1500).abs() <= 60, "REFER at {refer_ms} ms");
     assert!((bye_ms - 2500).abs() <= 150, "BYE at {bye_ms} ms");
     let refer = seen(&uas, "REFER");
@@ -353,7 +334,7 @@ fn pbx_port_change_mid_call_re_points_the_relay_without_a_gap() {
         (47300, 47399),
         "",
     );
-    let (report, uas) = answered(&mut s, &spec(Duration::from_secs(4)));
+    let (report, uas) = s.answered(&spec(Duration::from_secs(4)));
     let moved_to = uas.moved_to.expect("the PBX's move was answered");
     let caller_rtp = report.rtp.clone().unwrap();
     let callee_rtp = uas.rtp.clone().unwrap();
@@ -516,7 +497,7 @@ fn session_timer_expiry_never_cuts_a_call_that_still_has_media() {
         let sent: Vec<i64> = report
             .refreshes_sent_at
             .iter()
-            .map(|&t| since_answer(report, Some(t)))
+            .map(|&t| support::since_answer(report, Some(t)))
             .collect();
         eprintln!("session timer: {method} refreshes sent at {sent:?} ms");
         assert_eq!(sent.len(), 2, "{method}: {sent:?}");
@@ -534,7 +515,7 @@ fn session_timer_expiry_never_cuts_a_call_that_still_has_media() {
         let (_, v) = s.daemon.final_sidecar(&report.call_id);
         complete_by_caller(&v);
         assert_eq!(v["events"].as_array().map(Vec::len), Some(0), "{v}");
-        let bye_ms = since_answer(report, report.bye_sent_at);
+        let bye_ms = support::since_answer(report, report.bye_sent_at);
         let wav = wav_of(&v, bye_ms, method);
         assert!(
             wav.duration_ms() >= 3900,
@@ -559,7 +540,7 @@ fn late_answer_of_a_losing_fork_neither_moves_media_nor_ends_the_recording() {
         (47500, 47599),
         "",
     );
-    let (report, uas) = answered(&mut s, &spec(Duration::from_secs(3)));
+    let (report, uas) = s.answered(&spec(Duration::from_secs(3)));
 
     // The proxy forwarded the losing fork's 200 OK; the phone ACKed it in that fork's dialog
     // and hung that dialog up, while the call went on in the winner's.
@@ -713,7 +694,7 @@ fn refer_by_the_callee_is_an_event_when_accepted_and_none_when_declined() {
         } else {
             "callee REFER declined"
         };
-        let wav = wav_of(&v, since_answer(report, report.bye_sent_at), test);
+        let wav = wav_of(&v, support::since_answer(report, report.bye_sent_at), test);
         tones_in(&wav, &[(0.2, 1.4), (1.6, 2.8)], test);
     }
     assert_eq!(wavs(&s.daemon.dir).len(), 2);

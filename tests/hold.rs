@@ -20,8 +20,7 @@ const RATE: u32 = 8000;
 
 /// Samples `[from_s, to_s)` of a channel.
 fn span(ch: &[i16], from_s: f64, to_s: f64) -> &[i16] {
-    let at = |s: f64| ((s * f64::from(RATE)) as usize).min(ch.len());
-    &ch[at(from_s)..at(to_s)]
+    support::span_at(ch, RATE, from_s, to_s)
 }
 
 #[test]

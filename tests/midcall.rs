@@ -5,11 +5,11 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use recproxy::codec::Codec;
-use recproxy::demo::ua::{Answer, CallReport, CallSpec, Outcome, UasCallReport};
-use support::{dominance, ms, setup, wavs, Daemon, Setup, Wav};
+use recproxy::demo::ua::{Answer, CallReport, CallSpec};
+use support::{dominance, ms, setup, wavs, Daemon, Wav};
 
 const CALLER_HZ: f64 = 440.0;
 const CALLEE_HZ: f64 = 1000.0;
@@ -20,15 +20,6 @@ fn spec(talk: Duration) -> CallSpec {
     CallSpec::new("0401234567", "0295120000", Codec::Pcmu, CALLER_HZ, talk)
 }
 
-/// Places an answered call; both sides' reports.
-fn answered(s: &mut Setup, spec: &CallSpec) -> (CallReport, UasCallReport) {
-    let report = s.call(spec);
-    assert_eq!(report.outcome, Outcome::Answered);
-    let uas = s.pbx_report();
-    assert_eq!(uas.outcome, Outcome::Answered);
-    (report, uas)
-}
-
 fn accept() -> Answer {
     Answer::Accept {
         ring: Duration::from_millis(200),
@@ -36,18 +27,9 @@ fn accept() -> Answer {
     }
 }
 
-/// Milliseconds from the answer (as the phone saw it) to `t`.
-fn since_answer(report: &CallReport, t: Option<SystemTime>) -> i64 {
-    t.unwrap()
-        .duration_since(report.answered_at.unwrap())
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Samples `[from_s, to_s)` of a channel.
 fn span(ch: &[i16], from_s: f64, to_s: f64) -> &[i16] {
-    let at = |s: f64| ((s * f64::from(RATE)) as usize).min(ch.len());
-    &ch[at(from_s)..at(to_s)]
+    support::span_at(ch, RATE, from_s, to_s)
 }
 
 /// Longest run of zero samples in `samples`, in milliseconds.
@@ -69,7 +51,7 @@ fn the_wav(daemon: &Daemon, v: &serde_json::Value, report: &CallReport) -> Wav {
     assert_eq!(files[0], path);
     let wav = Wav::read(path);
     assert_eq!((wav.channels, wav.rate), (2, RATE));
-    let media_ms = since_answer(report, report.bye_sent_at);
+    let media_ms = support::since_answer(report, report.bye_sent_at);
     let got = wav.duration_ms() as i64;
     assert!(
         (got - media_ms).abs() <= 100,
@@ -99,7 +81,7 @@ fn codec_change_pcmu_to_pcma_mid_call_is_one_wav_and_an_event() {
     let mut s = setup(accept(), (43600, 43649), "");
     let mut spec = spec(Duration::from_secs(4));
     spec.switch_codec = Some((Duration::from_secs(2), Codec::Pcma));
-    let (report, uas) = answered(&mut s, &spec);
+    let (report, uas) = s.answered(&spec);
     assert_eq!(report.switched_to, Some(Codec::Pcma), "the PBX took PCMA");
     let caller_rtp = report.rtp.clone().unwrap();
     let callee_rtp = uas.rtp.clone().unwrap();
@@ -133,7 +115,7 @@ fn codec_change_pcmu_to_pcma_mid_call_is_one_wav_and_an_event() {
     assert_eq!(e["codec"], "PCMA", "{e}");
     let at = e["at_ms"].as_i64().unwrap();
     assert!((at - 2000).abs() <= 150, "codec_change at {at} ms");
-    let sent = since_answer(&report, report.codec_sent_at);
+    let sent = support::since_answer(&report, report.codec_sent_at);
     assert!(
         (at - sent).abs() <= 100,
         "event {at} ms, re-INVITE {sent} ms"
@@ -155,7 +137,7 @@ fn port_change_mid_call_re_points_the_relay_without_a_gap() {
     let mut s = setup(accept(), (43650, 43699), "");
     let mut spec = spec(Duration::from_secs(4));
     spec.move_rtp = Some(Duration::from_secs(2));
-    let (report, uas) = answered(&mut s, &spec);
+    let (report, uas) = s.answered(&spec);
     let moved_to = report.moved_to.expect("the move was answered");
     let caller_rtp = report.rtp.clone().unwrap();
     let callee_rtp = uas.rtp.clone().unwrap();
@@ -187,7 +169,7 @@ fn port_change_mid_call_re_points_the_relay_without_a_gap() {
 
     let wav = the_wav(&s.daemon, &v, &report);
     tones_in(&wav, &[(0.2, 1.8), (2.2, 3.8)], "port change");
-    let moved_ms = since_answer(&report, report.move_sent_at);
+    let moved_ms = support::since_answer(&report, report.move_sent_at);
     let around = moved_ms as f64 / 1000.0;
     for (name, ch) in [("left", &wav.left), ("right", &wav.right)] {
         let run = longest_zero_run_ms(span(ch, around - 0.5, around + 0.5));
@@ -211,7 +193,7 @@ fn early_media_is_relayed_before_the_answer_and_recording_starts_at_answer() {
         (43700, 43749),
         "",
     );
-    let (report, uas) = answered(&mut s, &spec(Duration::from_secs(3)));
+    let (report, uas) = s.answered(&spec(Duration::from_secs(3)));
     let early = uas.early_rtp.clone().expect("early media played");
     assert_eq!(early.sent, 50, "{early:?}");
     assert!(

@@ -357,6 +357,23 @@ impl Setup {
         })
     }
 
+    /// Places `spec` and checks that both sides saw it answered; both sides' reports.
+    pub fn answered(
+        &mut self,
+        spec: &recproxy::demo::ua::CallSpec,
+    ) -> (
+        recproxy::demo::ua::CallReport,
+        recproxy::demo::ua::UasCallReport,
+    ) {
+        use recproxy::demo::ua::Outcome;
+        let report = self.call(spec);
+        assert_eq!(report.outcome, Outcome::Answered, "{report:?}");
+        let uas = self.pbx_report();
+        assert_eq!(uas.outcome, Outcome::Answered);
+        assert_eq!(uas.call_id, report.call_id);
+        (report, uas)
+    }
+
     /// The PBX's report of the next call that ended (at most 10 s).
     pub fn pbx_report(&mut self) -> recproxy::demo::ua::UasCallReport {
         self.rt
@@ -369,6 +386,17 @@ impl Setup {
 pub fn span_at(ch: &[i16], rate: u32, from_s: f64, to_s: f64) -> &[i16] {
     let at = |s: f64| ((s * f64::from(rate)) as usize).min(ch.len());
     &ch[at(from_s)..at(to_s).max(at(from_s))]
+}
+
+/// Milliseconds from the phone's answer to `t` (a moment the phone reported).
+pub fn since_answer(
+    report: &recproxy::demo::ua::CallReport,
+    t: Option<std::time::SystemTime>,
+) -> i64 {
+    t.expect("the phone reported the moment")
+        .duration_since(report.answered_at.expect("answered"))
+        .expect("after the answer")
+        .as_millis() as i64
 }
 
 /// Longest run of zero samples in `samples` at `rate`, in milliseconds.
