@@ -436,11 +436,7 @@ impl Proxy {
                 self.stats.unparsable += 1;
                 // A request whose head is readable (broken Content-Length, RFC 4475 §3.1.2.2
                 // and §3.1.2.3) still gets its 400.
-                if let Some(head) = head_for_reply(data) {
-                    self.reject(from, &head, 400, "Bad Request", &err);
-                } else {
-                    tracing::warn!(%from, error = %err, "dropping unparsable SIP datagram");
-                }
+                self.reject_head(from, data, (400, "Bad Request"), &err);
                 return;
             }
         };
@@ -458,16 +454,27 @@ impl Proxy {
             return;
         }
         self.stats.oversized += 1;
+        self.reject_head(
+            from,
+            data,
+            (513, "Message Too Large"),
+            &"over sip.max_message_size",
+        );
+    }
+
+    /// Answers `status` to a message that cannot be handled whole, if its head is a request
+    /// that can be answered; anything else is dropped and logged.
+    fn reject_head(
+        &mut self,
+        from: Peer,
+        data: &[u8],
+        (code, reason): (u16, &str),
+        why: &dyn std::fmt::Display,
+    ) {
         match head_for_reply(data) {
-            Some(head) => self.reject(
-                from,
-                &head,
-                513,
-                "Message Too Large",
-                &"over sip.max_message_size",
-            ),
+            Some(head) => self.reject(from, &head, code, reason, why),
             None => {
-                tracing::warn!(%from, len = data.len(), "dropping SIP datagram over the size limit")
+                tracing::warn!(%from, len = data.len(), reason = %why, "dropping SIP message that cannot be read")
             }
         }
     }
@@ -539,10 +546,7 @@ impl Proxy {
             return;
         }
         self.stats.unparsable += 1;
-        match head_for_reply(data) {
-            Some(head) => self.reject(from, &head, 400, "Bad Request", why),
-            None => tracing::warn!(%from, reason = %why, "dropping unframable SIP stream"),
-        }
+        self.reject_head(from, data, (400, "Bad Request"), why);
     }
 
     /// A request over TCP whose Via sent-by names the connection's IP with another port (the
