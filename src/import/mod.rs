@@ -323,7 +323,8 @@ fn record_call(
         match step {
             Step::Maps { codecs, aux, .. } => session.set_maps(codecs.clone(), aux.clone()),
             Step::Packet { at, party, index } => {
-                session.packet(*party, clock.at(*at), &captured[*index].payload)
+                // The maps come first in the steps: a payload type they lack is not audio.
+                session.packet(*party, clock.at(*at), &captured[*index].payload);
             }
         }
     }

@@ -353,20 +353,18 @@ impl Worker {
     }
 
     fn packet(&mut self, pkt: &TapPacket, commands: &Receiver<Command>) {
-        let bytes = pkt.bytes();
-        let Ok((header, _)) = rtp::parse(bytes) else {
-            return;
-        };
-        let known = self
+        let (party, arrival, bytes) = (pkt.party, pkt.arrival, pkt.bytes());
+        let handled = self
             .active
-            .get(&pkt.slot)
-            .is_some_and(|a| a.knows(pkt.party, header.payload_type));
-        if !known && !self.failed.contains_key(&pkt.slot) {
-            // Its Start or new maps may still be queued behind the packet.
-            self.pull_forward_setup(commands);
+            .get_mut(&pkt.slot)
+            .is_some_and(|s| s.packet(party, arrival, bytes));
+        if handled || self.failed.contains_key(&pkt.slot) {
+            return;
         }
+        // Its Start or new maps may still be queued behind the packet.
+        self.pull_forward_setup(commands);
         if let Some(session) = self.active.get_mut(&pkt.slot) {
-            session.packet(pkt.party, pkt.arrival, bytes);
+            session.packet(party, arrival, bytes);
         }
     }
 
@@ -492,17 +490,12 @@ impl Session {
         self.aux = aux;
     }
 
-    /// Whether `party`'s payload type `pt` is in the maps (audio, events or comfort noise).
-    pub fn knows(&self, party: Party, pt: u8) -> bool {
-        let i = idx(party);
-        self.codecs[i].iter().any(|(p, _)| *p == pt) || self.aux[i].iter().any(|(p, _)| *p == pt)
-    }
-
     /// One RTP packet `party` sent, received at `arrival`: decoded onto the timeline, or
-    /// taken as a DTMF event or comfort noise; anything else is ignored.
-    pub fn packet(&mut self, party: Party, arrival: Instant, bytes: &[u8]) {
+    /// taken as a DTMF event or comfort noise. False, with nothing done, when it is not RTP or
+    /// its payload type is in none of the maps (the maps may still be on their way).
+    pub fn packet(&mut self, party: Party, arrival: Instant, bytes: &[u8]) -> bool {
         let Ok((header, payload)) = rtp::parse(bytes) else {
-            return;
+            return false;
         };
         let i = idx(party);
         let pt = header.payload_type;
@@ -515,7 +508,7 @@ impl Session {
             (Some(codec), _) => codec,
             (None, Some(Aux::ComfortNoise)) => {
                 self.timeline.note(side(party), &header);
-                return;
+                return true;
             }
             (None, Some(Aux::TelephoneEvent { clock_rate })) => {
                 self.timeline.note(side(party), &header);
@@ -525,11 +518,25 @@ impl Session {
                 for update in updates {
                     self.on_dtmf(party, update);
                 }
-                return;
+                return true;
             }
-            // Undecodable payloads carry no audio to place.
-            (None, None) => return,
+            (None, None) => return false,
         };
+        self.audio(party, arrival, header, payload, codec);
+        true
+    }
+
+    /// An audio packet of `codec`: decoded (after concealing the packets lost just before it)
+    /// and placed on the timeline.
+    fn audio(
+        &mut self,
+        party: Party,
+        arrival: Instant,
+        header: rtp::RtpHeader,
+        payload: &[u8],
+        codec: Codec,
+    ) {
+        let i = idx(party);
         self.first_codec[i].get_or_insert(codec);
         if self.decoders[i].as_ref().map(Decoder::codec) != Some(codec) {
             // A new codec (re-INVITE) gets a fresh decoder at the WAV's rate.
